@@ -1,0 +1,77 @@
+"""A training recipe: everything that defines one arm of an experiment, loaded from TOML.
+
+A config file may `extends = "other.toml"` (relative path) and override any key; nested tables
+(`[augment]`) are merged key by key. See `configs/` for the shipped recipes and ablation arms.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from .data import AugmentConfig
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str = "baseline"
+    arch: str = "tc-resnet8"
+    seed: int = 1
+    steps: int = 6000
+    batch: int = 100
+    lr: float = 0.1
+    lr_boundaries: tuple[float, float] = (0.5, 0.8)  # fractions of `steps` where lr drops 10x
+    momentum: float = 0.9
+    weight_decay: float = 1e-3  # not applied to BatchNorm and biases
+    dropout: float = 0.5
+    label_smoothing: float = 0.0
+    # Data: engines trained on, and families held out for testing (never trained on).
+    engines: list[str] = dataclasses.field(default_factory=lambda: [
+        "espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"])
+    holdout_families: list[str] = dataclasses.field(default_factory=lambda: ["awb"])
+    val_espeak_accents: list[str] = dataclasses.field(default_factory=lambda: ["en-029", "en-gb-scotland"])
+    espeak_max_share: float = 1.0  # cap on espeak's share of the keyword/unknown training clips
+    unknown_share: float = 1.0  # unknown windows per batch relative to one keyword class
+    silence_share: float = 1.0
+    # Feature-space augmentation.
+    specaug_p: float = 0.0
+    specaug_time_masks: int = 2
+    specaug_time_width: int = 10  # frames
+    specaug_freq_masks: int = 2
+    specaug_freq_width: int = 8  # mel bins
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.2
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _raw(path: Path) -> dict:
+    d = tomllib.loads(path.read_text(encoding="utf-8"))
+    parent = d.pop("extends", None)
+    return _merge(_raw(path.parent / parent), d) if parent else d
+
+
+def load_recipe(path: Path, **overrides) -> Recipe:
+    d = _merge(_raw(path), {k: v for k, v in overrides.items() if v is not None})
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(d) - fields
+    if unknown:
+        raise ValueError(f"{path}: unknown recipe keys {sorted(unknown)}")
+    aug = d.pop("augment", {})
+    afields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    if set(aug) - afields:
+        raise ValueError(f"{path}: unknown [augment] keys {sorted(set(aug) - afields)}")
+    aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+    d = {k: tuple(v) if k == "lr_boundaries" else v for k, v in d.items()}
+    return Recipe(augment=AugmentConfig(**aug), **d)
+
+
+def recipe_dict(r: Recipe) -> dict:
+    return dataclasses.asdict(r)

@@ -1,0 +1,179 @@
+"""Train one recipe: split by engine family and voice, augment on the fly, evaluate on held-out voices.
+
+Usage: python -m kws_train.train --config configs/tc-resnet8.toml --data data --out runs/NAME
+Writes runs/NAME/{model.pt, recipe.json, metrics.json, train.log}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import CLASSES, KEYWORDS, SILENCE, UNKNOWN
+from .data import LABEL_INDEX, Clips, espeak_accent, load_background, load_clips, make_window
+from .evaluate import evaluate_sets, eval_sets_for
+from .frontend import TorchFrontend
+from .model import TCResNet, count_flops, count_params
+from .recipe import Recipe, load_recipe, recipe_dict
+
+
+def split_train(clips: Clips, r: Recipe, rng: np.random.Generator) -> Clips:
+    """Training clips: recipe engines, minus held-out families and validation accents, espeak capped."""
+    train = clips.select(lambda m: m["engine"] in r.engines and m["family"] not in r.holdout_families
+                         and espeak_accent(m) not in r.val_espeak_accents)
+    is_espeak = np.array([m["engine"] == "espeak" for m in train.meta])
+    n_other = int((~is_espeak).sum())
+    if r.espeak_max_share < 1.0 and n_other > 0:
+        max_espeak = int(r.espeak_max_share / (1 - r.espeak_max_share) * n_other)
+        esp = np.nonzero(is_espeak)[0]
+        if len(esp) > max_espeak:
+            drop = set(rng.choice(esp, len(esp) - max_espeak, replace=False).tolist())
+            keep = [i for i in range(len(train)) if i not in drop]
+            train = Clips([train.audio[i] for i in keep], [train.meta[i] for i in keep])
+    return train
+
+
+class BatchSampler:
+    """Class-balanced batches of augmented 1-s windows (keywords weight 1, unknown/silence per recipe)."""
+
+    def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator):
+        self.train, self.bg, self.r, self.rng = train, bg, r, rng
+        labels = train.labels()
+        self.by_class = {c: np.nonzero(labels == LABEL_INDEX[c])[0] for c in KEYWORDS + [UNKNOWN]}
+        w = np.array([1.0] * len(KEYWORDS) + [r.silence_share, r.unknown_share])
+        self.classes = KEYWORDS + [SILENCE, UNKNOWN]
+        self.p = w / w.sum()
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        cls = self.rng.choice(len(self.classes), size=self.r.batch, p=self.p)
+        xs, ys = [], []
+        for c in cls:
+            name = self.classes[c]
+            clip = None if name == SILENCE else self.train.audio[self.rng.choice(self.by_class[name])]
+            xs.append(make_window(clip, self.bg, self.r.augment, self.rng))
+            ys.append(LABEL_INDEX[name])
+        return np.stack(xs), np.array(ys, dtype=np.int64)
+
+
+def spec_augment(logmel: torch.Tensor, r: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Time and frequency masks on log-mel (masked cells set to the window's mean)."""
+    if r.specaug_p <= 0:
+        return logmel
+    out = logmel.clone()
+    n, t, f = out.shape
+    mean = out.mean(dim=(1, 2))
+    apply = torch.rand(n, generator=gen) < r.specaug_p
+    for i in torch.nonzero(apply).flatten().tolist():
+        for _ in range(r.specaug_time_masks):
+            w = int(torch.randint(0, r.specaug_time_width + 1, (1,), generator=gen))
+            s = int(torch.randint(0, t - w + 1, (1,), generator=gen))
+            out[i, s:s + w, :] = mean[i]
+        for _ in range(r.specaug_freq_masks):
+            w = int(torch.randint(0, r.specaug_freq_width + 1, (1,), generator=gen))
+            s = int(torch.randint(0, f - w + 1, (1,), generator=gen))
+            out[i, :, s:s + w] = mean[i]
+    return out
+
+
+def lr_at(step: int, r: Recipe) -> float:
+    frac = step / r.steps
+    return r.lr * (0.1 ** sum(frac >= b for b in r.lr_boundaries))
+
+
+def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
+    torch.manual_seed(r.seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(r.seed)
+    gen = torch.Generator().manual_seed(r.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "w", encoding="utf-8")
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+        log.write(msg + "\n")
+        log.flush()
+
+    engines = sorted(set(r.engines) | {e for e in _all_engines(data)})
+    clips = load_clips(data, engines)
+    bg = load_background(data)
+    train_clips = split_train(clips, r, rng)
+    say(f"recipe {r.name}: {len(train_clips)} training clips from "
+        f"{sorted({m['engine'] for m in train_clips.meta})}; held out {r.holdout_families}")
+    sampler = BatchSampler(train_clips, bg, r, rng)
+    frontend = TorchFrontend()
+    net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout)
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim == 1 else decay).append(p)  # BN weights/biases and linear bias
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": r.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, momentum=r.momentum)
+    t0 = time.time()
+    net.train()
+    run_loss = run_acc = 0.0
+    for step in range(r.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, r)
+        x, y = sampler()
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        with torch.no_grad():
+            feats = frontend.mfcc_from_logmel(spec_augment(frontend.logmel(x), r, gen))
+        target = F.one_hot(y, len(CLASSES)).float()
+        if r.mixup_p > 0 and float(torch.rand(1, generator=gen)) < r.mixup_p:
+            lam = float(np.random.default_rng(step).beta(r.mixup_alpha, r.mixup_alpha))
+            perm = torch.randperm(len(y), generator=gen)
+            feats = lam * feats + (1 - lam) * feats[perm]
+            target = lam * target + (1 - lam) * target[perm]
+        if r.label_smoothing > 0:
+            target = target * (1 - r.label_smoothing) + r.label_smoothing / len(CLASSES)
+        logits = net(feats)
+        loss = torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run_loss = 0.98 * run_loss + 0.02 * float(loss.detach())
+        run_acc = 0.98 * run_acc + 0.02 * float((logits.argmax(1) == y).float().mean())
+        if (step + 1) % 200 == 0 or step + 1 == r.steps:
+            say(f"step {step + 1}/{r.steps} lr {lr_at(step, r):.4f} loss {run_loss:.3f} "
+                f"acc {run_acc:.3f} elapsed {time.time() - t0:.0f}s")
+    train_s = time.time() - t0
+    net.eval()
+    torch.save(net.state_dict(), out / "model.pt")
+    sets = eval_sets_for(clips, bg, r)
+    metrics = evaluate_sets(net, frontend, sets)
+    metrics.update({"train_seconds": round(train_s, 1), "train_clips": len(train_clips),
+                    "params": count_params(net), "flops": count_flops(net)})
+    (out / "recipe.json").write_text(json.dumps(recipe_dict(r), indent=1), encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    for name, m in metrics["sets"].items():
+        say(f"{name}: keywords {m['keyword_acc']:.4f} all {m['acc']:.4f} (n={m['n']})")
+    log.close()
+    return metrics
+
+
+def _all_engines(data: Path) -> list[str]:
+    return sorted(p.stem for p in (data / "shards").glob("*.jsonl"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=Path("data"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--holdout", help="comma-separated families to hold out (overrides the config)")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    r = load_recipe(a.config, seed=a.seed, steps=a.steps,
+                    holdout_families=a.holdout.split(",") if a.holdout is not None else None)
+    train(r, a.data, a.out, a.threads)
+
+
+if __name__ == "__main__":
+    main()
