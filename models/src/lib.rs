@@ -1,0 +1,43 @@
+//! kws-models: the synchronous keyword-spotting core shared by the server and the on-device build.
+//!
+//! One [`Spotter`] per audio stream turns raw PCM chunks of any size into scoring windows:
+//!
+//! ```text
+//! PCM bytes ─▶ pcm (s16le/f32le, 1–8 ch → mono f32) ─▶ resample (rubato → 16 kHz, delay-compensated)
+//!          ─▶ frontend (incremental MFCC, 40 x 10 ms) ─▶ 98-frame ring ─▶ WindowBatch [N, 98, 40]
+//! WindowBatch ─▶ Scorer (ONNX Runtime, batched across streams) ─▶ probs [N, 12]
+//! probs ─▶ Spotter::apply ─▶ decoder (smoothing, thresholds, refractory) ─▶ Event
+//! ```
+//!
+//! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
+//! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
+//! returned. Per-stream state is about 20 KiB; models, FFT plans and tables are shared.
+//!
+//! # Layout
+//! - [`pcm`]: decoding and validation of raw chunks.
+//! - [`resample`]: streaming rubato resampler to 16 kHz.
+//! - [`frontend`]: the MFCC frontend.
+//! - [`decoder`]: posteriors to events.
+//! - [`scorer`]: the [`Scorer`] trait and [`OnnxScorer`] (feature `onnx`, on by default).
+//! - [`manifest`]: model manifests and their checks.
+//! - [`spotter`]: the per-stream pipeline.
+
+#![forbid(unsafe_code)]
+
+pub mod decoder;
+pub mod error;
+pub mod frontend;
+pub mod manifest;
+pub mod pcm;
+pub mod resample;
+pub mod scorer;
+pub mod spotter;
+
+pub use decoder::{Decoder, DecoderConfig, Event};
+pub use error::{AudioError, ConfigError, ModelError, RuntimeError, ScoreError};
+pub use manifest::Manifest;
+pub use pcm::{Encoding, PcmFormat};
+pub use scorer::Scorer;
+#[cfg(feature = "onnx")]
+pub use scorer::{OnnxScorer, ScorerOptions};
+pub use spotter::{OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta};
