@@ -96,6 +96,20 @@ impl WindowBatch {
     pub fn windows(&self) -> &[WindowMeta] {
         &self.windows
     }
+
+    /// A batch that appends to `features` (cleared; its capacity is reused).
+    pub fn with_buffer(mut features: Vec<f32>) -> Self {
+        features.clear();
+        Self {
+            features,
+            windows: Vec::new(),
+        }
+    }
+
+    /// The feature buffer and the window metadata, e.g. to hand the features to another thread.
+    pub fn into_parts(self) -> (Vec<f32>, Vec<WindowMeta>) {
+        (self.features, self.windows)
+    }
 }
 
 /// A window's posteriors were applied out of order.

@@ -1,0 +1,457 @@
+//! Configuration: defaults < TOML file (`--config` / `KWS_CONFIG`) < `KWS_*` environment < CLI flags.
+//!
+//! Everything is validated before the server starts; an invalid configuration makes the binary exit
+//! with status 64 (EX_USAGE) and a message naming the setting. The reference of every setting, with
+//! its default, is the README's configuration table (keep the two in sync).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// The whole service configuration, as loaded from TOML (every field has a default).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub batcher: BatcherConfig,
+    pub models: ModelsConfig,
+    pub log: LogConfig,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+    pub evaluation: EvaluationConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address.
+    pub metrics_listen: SocketAddr,
+    /// Concurrent Detect streams; beyond it new streams get RESOURCE_EXHAUSTED at once.
+    pub max_streams: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest audio chunk (bytes of AudioChunk.data); larger gRPC messages are refused.
+    pub max_chunk_bytes: usize,
+    /// Time allowed between opening a stream and its config message.
+    pub first_message_timeout_ms: u64,
+    /// A stream with no message for this long is ended (DEADLINE_EXCEEDED).
+    pub idle_timeout_ms: u64,
+    /// Longest stream lifetime (DEADLINE_EXCEEDED after it).
+    pub max_stream_lifetime_ms: u64,
+    /// On SIGTERM/SIGINT: how long in-flight streams may continue before they are ended with their
+    /// summary.
+    pub drain_grace_ms: u64,
+    /// Responses buffered per stream before the server waits for the client to read.
+    pub response_buffer: usize,
+    /// A client that reads no response for this long while its buffer is full is ended
+    /// (RESOURCE_EXHAUSTED).
+    pub slow_reader_timeout_ms: u64,
+    /// Unscored audio (received but not yet scored) beyond which a stream is reported `behind`.
+    pub behind_threshold_ms: u64,
+    /// Default progress message interval (audio ms).
+    pub progress_interval_ms: u32,
+    /// Windows a stream may have queued for scoring; beyond it the server stops reading that
+    /// stream's audio (HTTP/2 flow control slows the client; nothing is dropped).
+    pub max_inflight_windows: usize,
+    /// How long event ids stay resolvable by SubmitFeedback.
+    pub event_retention_ms: u64,
+    /// Most events remembered for feedback (oldest forgotten first).
+    pub event_retention_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 50051).into(),
+            metrics_listen: ([0, 0, 0, 0], 9090).into(),
+            max_streams: 256,
+            max_streams_per_connection: 1024,
+            max_chunk_bytes: 1 << 20,
+            first_message_timeout_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            max_stream_lifetime_ms: 4 * 3600 * 1000,
+            drain_grace_ms: 30_000,
+            response_buffer: 64,
+            slow_reader_timeout_ms: 10_000,
+            behind_threshold_ms: 2_000,
+            progress_interval_ms: 1_000,
+            max_inflight_windows: 256,
+            event_retention_ms: 24 * 3600 * 1000,
+            event_retention_max: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatcherConfig {
+    /// Most windows per ONNX Runtime call.
+    pub max_batch: usize,
+    /// Longest a window waits for others to join its batch.
+    pub max_delay_us: u64,
+    /// Inference worker threads per served model.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_threads: usize,
+    /// Scoring jobs queued per model before streams wait to enqueue.
+    pub queue_capacity: usize,
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            max_delay_us: 5_000,
+            workers: 2,
+            intra_threads: 1,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Directory holding one sub-directory per model (`<dir>/<name>/manifest.json`).
+    pub dir: PathBuf,
+    /// Served models as `name:variant` (variant `int8` or `fp32`). Each gets its own workers.
+    pub serve: Vec<String>,
+    /// Model used when a stream names none (`name:variant` or a name among `serve`).
+    pub default: String,
+    /// ONNX Runtime shared library; empty = `$KWS_ORT_LIB`, `$ORT_DYLIB_PATH`, or beside the binary.
+    pub ort_library: Option<PathBuf>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models"),
+            serve: vec!["tc-resnet8:int8".into()],
+            default: "tc-resnet8:int8".into(),
+            ort_library: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives (`RUST_LOG` wins if set).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; TLS is on when `cert` and `key` are set.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File of accepted bearer tokens, one per line (`#` comments); reloaded on SIGHUP and on change.
+    pub tokens_file: Option<PathBuf>,
+    /// Name of an environment variable holding comma-separated accepted tokens.
+    pub tokens_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvaluationConfig {
+    /// Label matching tolerance: a label's span is widened by this on both sides.
+    pub tolerance_ms: u64,
+    /// Threshold grid evaluated on labelled/negative streams (each in (0, 1), ascending).
+    pub thresholds: Vec<f32>,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            tolerance_ms: 500,
+            thresholds: (1..20).map(|i| i as f32 * 0.05).collect(),
+        }
+    }
+}
+
+/// Command line; every flag also reads a `KWS_*` environment variable.
+#[derive(Debug, Parser, Default)]
+#[command(name = "kws-service", version, about = "Streaming keyword spotting over gRPC")]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "KWS_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "KWS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "KWS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[arg(long, env = "KWS_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    #[arg(long, env = "KWS_MODELS_DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Comma-separated `name:variant` list.
+    #[arg(long, env = "KWS_SERVE", value_delimiter = ',')]
+    pub serve: Option<Vec<String>>,
+    #[arg(long, env = "KWS_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    #[arg(long, env = "KWS_ORT_LIB")]
+    pub ort_library: Option<PathBuf>,
+    #[arg(long, env = "KWS_WORKERS")]
+    pub workers: Option<usize>,
+    #[arg(long, env = "KWS_INTRA_THREADS")]
+    pub intra_threads: Option<usize>,
+    #[arg(long, env = "KWS_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    #[arg(long, env = "KWS_MAX_DELAY_US")]
+    pub max_delay_us: Option<u64>,
+    #[arg(long, env = "KWS_DRAIN_GRACE_MS")]
+    pub drain_grace_ms: Option<u64>,
+    #[arg(long, env = "KWS_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "KWS_LOG")]
+    pub log_filter: Option<String>,
+    #[arg(long, env = "KWS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "KWS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    #[arg(long, env = "KWS_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    #[arg(long, env = "KWS_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// A configuration problem, reported with exit status 64.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn bad(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Defaults, then the TOML file, then the CLI/environment overrides; validated.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut c = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        c.apply(cli);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| bad(format!("{}: {e}", path.display())))
+    }
+
+    fn apply(&mut self, cli: &Cli) {
+        let s = &mut self.server;
+        set(&mut s.listen, cli.listen);
+        set(&mut s.metrics_listen, cli.metrics_listen);
+        set(&mut s.max_streams, cli.max_streams);
+        set(&mut s.drain_grace_ms, cli.drain_grace_ms);
+        let m = &mut self.models;
+        set(&mut m.dir, cli.models_dir.clone());
+        set(&mut m.serve, cli.serve.clone());
+        set(&mut m.default, cli.default_model.clone());
+        if cli.ort_library.is_some() {
+            m.ort_library = cli.ort_library.clone();
+        }
+        let b = &mut self.batcher;
+        set(&mut b.workers, cli.workers);
+        set(&mut b.intra_threads, cli.intra_threads);
+        set(&mut b.max_batch, cli.max_batch);
+        set(&mut b.max_delay_us, cli.max_delay_us);
+        set(&mut self.log.format, cli.log_format);
+        set(&mut self.log.filter, cli.log_filter.clone());
+        if cli.tls_cert.is_some() {
+            self.tls.cert = cli.tls_cert.clone();
+        }
+        if cli.tls_key.is_some() {
+            self.tls.key = cli.tls_key.clone();
+        }
+        if cli.tls_client_ca.is_some() {
+            self.tls.client_ca = cli.tls_client_ca.clone();
+        }
+        if cli.tokens_file.is_some() {
+            self.auth.tokens_file = cli.tokens_file.clone();
+        }
+    }
+
+    /// Range checks that do not need the models (those are checked when they load).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let positive = [
+            ("server.max_streams", s.max_streams as u64),
+            (
+                "server.max_streams_per_connection",
+                u64::from(s.max_streams_per_connection),
+            ),
+            ("server.max_chunk_bytes", s.max_chunk_bytes as u64),
+            ("server.first_message_timeout_ms", s.first_message_timeout_ms),
+            ("server.idle_timeout_ms", s.idle_timeout_ms),
+            ("server.max_stream_lifetime_ms", s.max_stream_lifetime_ms),
+            ("server.response_buffer", s.response_buffer as u64),
+            ("server.slow_reader_timeout_ms", s.slow_reader_timeout_ms),
+            ("server.progress_interval_ms", u64::from(s.progress_interval_ms)),
+            ("server.max_inflight_windows", s.max_inflight_windows as u64),
+            ("server.event_retention_max", s.event_retention_max as u64),
+            ("batcher.max_batch", self.batcher.max_batch as u64),
+            ("batcher.workers", self.batcher.workers as u64),
+            ("batcher.intra_threads", self.batcher.intra_threads as u64),
+            ("batcher.queue_capacity", self.batcher.queue_capacity as u64),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(bad(format!("{name} must be > 0")));
+            }
+        }
+        if s.max_chunk_bytes > 64 << 20 {
+            return Err(bad("server.max_chunk_bytes must be <= 64 MiB"));
+        }
+        if self.batcher.max_batch > 4096 {
+            return Err(bad("batcher.max_batch must be <= 4096"));
+        }
+        if self.batcher.max_delay_us > 1_000_000 {
+            return Err(bad("batcher.max_delay_us must be <= 1000000 (1 s)"));
+        }
+        if self.models.serve.is_empty() {
+            return Err(bad("models.serve must name at least one model (name:variant)"));
+        }
+        for spec in &self.models.serve {
+            parse_model_spec(spec)?;
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(bad("tls.cert and tls.key must be set together"));
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            return Err(bad("tls.client_ca (mTLS) needs tls.cert and tls.key"));
+        }
+        let grid = &self.evaluation.thresholds;
+        if grid.is_empty() || grid.len() > 100 {
+            return Err(bad("evaluation.thresholds must have 1..=100 values"));
+        }
+        if grid.iter().any(|t| !(*t > 0.0 && *t < 1.0)) || grid.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("evaluation.thresholds must be ascending values in (0, 1)"));
+        }
+        Ok(())
+    }
+
+    pub fn duration(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+}
+
+fn set<T>(dst: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *dst = v;
+    }
+}
+
+/// `name:variant` -> (name, variant); the variant must be `fp32` or `int8`.
+pub fn parse_model_spec(spec: &str) -> Result<(String, String), ConfigError> {
+    let (name, variant) = spec.split_once(':').ok_or_else(|| {
+        bad(format!(
+            "model {spec:?} must be written name:variant (e.g. tc-resnet8:int8)"
+        ))
+    })?;
+    if name.is_empty() || !["fp32", "int8"].contains(&variant) {
+        return Err(bad(format!(
+            "model {spec:?}: name must be non-empty and variant fp32 or int8"
+        )));
+    }
+    Ok((name.to_string(), variant.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn toml_overrides_and_unknown_keys() {
+        let c: Config =
+            toml::from_str("[server]\nmax_streams = 7\n[batcher]\nmax_batch = 8\n").expect("parse");
+        assert_eq!((c.server.max_streams, c.batcher.max_batch), (7, 8));
+        assert_eq!(c.server.idle_timeout_ms, ServerConfig::default().idle_timeout_ms);
+        assert!(toml::from_str::<Config>("[server]\nmax_stream = 7\n").is_err());
+    }
+
+    #[test]
+    fn cli_wins_over_file() {
+        let mut c: Config = toml::from_str("[server]\nmax_streams = 7\n").expect("parse");
+        c.apply(&Cli {
+            max_streams: Some(9),
+            serve: Some(vec!["m:fp32".into()]),
+            ..Cli::default()
+        });
+        assert_eq!(c.server.max_streams, 9);
+        assert_eq!(c.models.serve, vec!["m:fp32".to_string()]);
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let mut c = Config::default();
+        c.batcher.workers = 0;
+        assert!(
+            c.validate()
+                .expect_err("0 workers")
+                .to_string()
+                .contains("batcher.workers")
+        );
+        let mut c = Config::default();
+        c.models.serve = vec!["tc-resnet8".into()];
+        assert!(
+            c.validate()
+                .expect_err("no variant")
+                .to_string()
+                .contains("name:variant")
+        );
+        let mut c = Config::default();
+        c.evaluation.thresholds = vec![0.5, 0.4];
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.tls.cert = Some("c.pem".into());
+        assert!(
+            c.validate()
+                .expect_err("cert without key")
+                .to_string()
+                .contains("tls.key")
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! The service's errors and their one mapping to gRPC statuses.
+
+use tonic::{Code, Status};
+
+/// Everything a request can fail with. Messages say what was wrong and what is accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad stream configuration (rates, channels, keywords, thresholds, model, decoder overrides).
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// Audio that cannot be decoded (partial frame, non-finite float, empty or oversized chunk).
+    #[error("invalid audio: {0}")]
+    InvalidAudio(String),
+    /// Messages in the wrong order or of the wrong kind (config not first, config twice, bad label).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The model named does not exist.
+    #[error("unknown model {requested:?}; served models: {served}")]
+    UnknownModel { requested: String, served: String },
+    /// Stream limit reached.
+    #[error("server at capacity ({max} concurrent streams); retry after {retry_ms} ms")]
+    Overloaded { max: usize, retry_ms: u64 },
+    /// The client does not read its responses.
+    #[error("client read no response for {0} ms while its response buffer was full; stream ended")]
+    SlowReader(u64),
+    /// Shutting down: new streams are refused, running ones end after the grace period.
+    #[error("server is shutting down; reconnect to another instance")]
+    Draining,
+    #[error("no config message within {0} ms of opening the stream")]
+    FirstMessageTimeout(u64),
+    #[error("no message for {0} ms; stream ended as idle")]
+    Idle(u64),
+    #[error("stream exceeded its maximum lifetime of {0} ms")]
+    Lifetime(u64),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("missing or invalid bearer token")]
+    Unauthenticated,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// Bounded label for `kws_streams_total{outcome}` and `kws_rejected_total{reason}`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ServiceError::InvalidConfig(_)
+            | ServiceError::InvalidAudio(_)
+            | ServiceError::Protocol(_)
+            | ServiceError::UnknownModel { .. } => "invalid_argument",
+            ServiceError::Overloaded { .. } | ServiceError::SlowReader(_) => "resource_exhausted",
+            ServiceError::Draining => "unavailable",
+            ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
+                "deadline_exceeded"
+            }
+            ServiceError::NotFound(_) => "not_found",
+            ServiceError::Unauthenticated => "unauthenticated",
+            ServiceError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ServiceError::InvalidConfig(_)
+            | ServiceError::InvalidAudio(_)
+            | ServiceError::Protocol(_)
+            | ServiceError::UnknownModel { .. } => Status::invalid_argument(msg),
+            ServiceError::Overloaded { retry_ms, .. } => {
+                let mut s = Status::resource_exhausted(msg);
+                // gRFC A6 retry pushback: clients with retry policies wait this long.
+                if let Ok(v) = retry_ms.to_string().parse() {
+                    s.metadata_mut().insert("grpc-retry-pushback-ms", v);
+                }
+                s
+            }
+            ServiceError::SlowReader(_) => Status::resource_exhausted(msg),
+            ServiceError::Draining => Status::unavailable(msg),
+            ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
+                Status::deadline_exceeded(msg)
+            }
+            ServiceError::NotFound(_) => Status::not_found(msg),
+            ServiceError::Unauthenticated => Status::unauthenticated(msg),
+            ServiceError::Internal(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// Outcome label of a status the stream ended with (client-side cancellations included).
+pub fn outcome_of(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::InvalidArgument => "invalid_argument",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::Unauthenticated => "unauthenticated",
+        Code::NotFound => "not_found",
+        _ => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        let s: Status = ServiceError::Overloaded {
+            max: 4,
+            retry_ms: 1000,
+        }
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.metadata()
+                .get("grpc-retry-pushback-ms")
+                .and_then(|v| v.to_str().ok()),
+            Some("1000")
+        );
+        assert_eq!(Status::from(ServiceError::Draining).code(), Code::Unavailable);
+        assert_eq!(Status::from(ServiceError::Idle(5)).code(), Code::DeadlineExceeded);
+        let s: Status = ServiceError::InvalidAudio("odd".into()).into();
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "invalid audio: odd")
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Thin gRPC handlers: admission, first-message validation, model lookups, feedback. The stream
+//! itself runs in `session`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kws_proto::v1::keyword_spotting_server::KeywordSpotting;
+use kws_proto::v1::{self, detect_request};
+use tonic::{Request, Response, Status};
+
+use crate::error::ServiceError;
+use crate::registry::Registry;
+use crate::session::{self, ResponseStream, SessionDeps};
+use crate::shutdown::Phase;
+use crate::telemetry::names;
+
+/// Suggested wait before retrying a refused stream.
+const RETRY_AFTER_MS: u64 = 1000;
+
+/// The `kws.v1.KeywordSpotting` service.
+#[derive(Debug, Clone)]
+pub struct KwsService {
+    pub registry: Arc<Registry>,
+    pub deps: SessionDeps,
+}
+
+fn reject(e: ServiceError, counter: &'static str) -> Status {
+    match counter {
+        "rejected" => metrics::counter!(names::REJECTED, "reason" => e.outcome()).increment(1),
+        _ => metrics::counter!(names::STREAMS, "outcome" => e.outcome()).increment(1),
+    }
+    tracing::info!(error = %e, "stream refused");
+    e.into()
+}
+
+#[tonic::async_trait]
+impl KeywordSpotting for KwsService {
+    type DetectStream = ResponseStream;
+
+    async fn detect(
+        &self,
+        request: Request<tonic::Streaming<v1::DetectRequest>>,
+    ) -> Result<Response<Self::DetectStream>, Status> {
+        let opened = Instant::now();
+        if *self.deps.phase.borrow() != Phase::Running {
+            return Err(reject(ServiceError::Draining, "rejected"));
+        }
+        let max = self.deps.server.max_streams;
+        let permit = self.deps.active.clone().try_acquire_owned().map_err(|_| {
+            reject(
+                ServiceError::Overloaded {
+                    max,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            )
+        })?;
+        let mut inbound = request.into_inner();
+        let wait = Duration::from_millis(self.deps.server.first_message_timeout_ms);
+        let first = match tokio::time::timeout(wait, inbound.message()).await {
+            Err(_) => {
+                return Err(reject(
+                    ServiceError::FirstMessageTimeout(wait.as_millis() as u64),
+                    "streams",
+                ));
+            }
+            Ok(Err(status)) => {
+                metrics::counter!(names::STREAMS, "outcome" => "cancelled").increment(1);
+                return Err(status);
+            }
+            Ok(Ok(first)) => first,
+        };
+        let config = match first.and_then(|r| r.request) {
+            Some(detect_request::Request::Config(c)) => c,
+            Some(detect_request::Request::Audio(_)) => {
+                return Err(reject(
+                    ServiceError::Protocol(
+                        "audio before config: the first message must be a StreamConfig".into(),
+                    ),
+                    "streams",
+                ));
+            }
+            Some(detect_request::Request::Label(_)) => {
+                return Err(reject(
+                    ServiceError::Protocol(
+                        "label before config: the first message must be a StreamConfig".into(),
+                    ),
+                    "streams",
+                ));
+            }
+            None => {
+                return Err(reject(
+                    ServiceError::Protocol("no config: the first message must be a StreamConfig".into()),
+                    "streams",
+                ));
+            }
+        };
+        let model = self.registry.get(&config.model).ok_or_else(|| {
+            reject(
+                ServiceError::UnknownModel {
+                    requested: config.model.clone(),
+                    served: self.registry.names(),
+                },
+                "streams",
+            )
+        })?;
+        let resolved =
+            session::resolve(&config, model, &self.deps.server).map_err(|e| reject(e, "streams"))?;
+        let stream = session::start(
+            inbound,
+            model.clone(),
+            resolved,
+            self.deps.clone(),
+            permit,
+            opened,
+        )
+        .map_err(|e| reject(e, "streams"))?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_model_info(
+        &self,
+        request: Request<v1::GetModelInfoRequest>,
+    ) -> Result<Response<v1::ModelInfo>, Status> {
+        let name = request.into_inner().model;
+        let m = self.registry.get(&name).ok_or_else(|| {
+            Status::from(ServiceError::NotFound(format!(
+                "model {name:?} is not served; served models: {}",
+                self.registry.names()
+            )))
+        })?;
+        Ok(Response::new(m.info.clone()))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<v1::ListModelsRequest>,
+    ) -> Result<Response<v1::ListModelsResponse>, Status> {
+        Ok(Response::new(v1::ListModelsResponse {
+            models: self.registry.all().map(|m| m.info.clone()).collect(),
+            default_model: self.registry.default_name().to_string(),
+        }))
+    }
+
+    async fn submit_feedback(
+        &self,
+        request: Request<v1::SubmitFeedbackRequest>,
+    ) -> Result<Response<v1::SubmitFeedbackResponse>, Status> {
+        let registry = self.registry.clone();
+        self.deps
+            .events
+            .submit(&request.into_inner(), |model| {
+                registry
+                    .get(model)
+                    .map(|m| m.manifest.keywords.clone())
+                    .unwrap_or_default()
+            })
+            .map_err(Status::from)?;
+        Ok(Response::new(v1::SubmitFeedbackResponse {}))
+    }
+}

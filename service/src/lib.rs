@@ -1,0 +1,29 @@
+//! kws-service: the gRPC keyword-spotting service.
+//!
+//! ```text
+//! client ══ Detect stream ══▶ grpc (admission, config) ──▶ session task (one per stream)
+//!                                                          │ Spotter: PCM → 16 kHz → MFCC → windows
+//!                                                          ▼
+//!                              batcher (per model): bounded queue ──▶ inference workers (OS threads,
+//!                                                                    one ONNX Runtime session each)
+//!                                                          ▼
+//!                              session: posteriors in order → decoder → events ══▶ client
+//! ```
+//!
+//! # Layout
+//! - [`config`]: TOML + env + CLI configuration, validated (exit 64).
+//! - [`grpc`]: handlers; [`session`]: the per-stream task; [`batcher`]: dynamic batching.
+//! - [`registry`]: served models; [`eval`]: live evaluation on labelled streams; [`feedback`]: event ids.
+//! - [`telemetry`]: metric names and logging; [`shutdown`]: drain; [`server`]: wiring it together.
+
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod feedback;
+pub mod grpc;
+pub mod registry;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,207 @@
+//! The served models: manifests, their batchers (with one ONNX Runtime session per worker), and
+//! their public description.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kws_models::decoder::MS_PER_FRAME;
+use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
+use kws_proto::v1;
+
+use crate::batcher::{Batcher, BatcherSettings};
+use crate::config::{Config, parse_model_spec};
+use crate::telemetry::names;
+
+/// One model as served: `name` is what clients put in `StreamConfig.model` (`tc-resnet8:int8`).
+#[derive(Debug)]
+pub struct ServedModel {
+    pub name: String,
+    pub variant: String,
+    pub manifest: Manifest,
+    pub batcher: Batcher,
+    pub info: v1::ModelInfo,
+}
+
+impl ServedModel {
+    /// Label value for metrics: the served name (bounded: one per configured model).
+    pub fn label(&self) -> &str {
+        &self.name
+    }
+}
+
+/// All served models and the default.
+#[derive(Debug)]
+pub struct Registry {
+    models: BTreeMap<String, Arc<ServedModel>>,
+    default: String,
+}
+
+/// A model could not be loaded; the message names it and says why.
+#[derive(Debug, thiserror::Error)]
+#[error("model {spec}: {reason}")]
+pub struct LoadError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl Registry {
+    /// Load every `models.serve` entry: manifest, sha256, ONNX Runtime sessions, and workers.
+    pub fn load(config: &Config) -> Result<(Self, Vec<JoinHandle<()>>), LoadError> {
+        let mut models = BTreeMap::new();
+        let mut handles = Vec::new();
+        for spec in &config.models.serve {
+            let fail = |reason: String| {
+                metrics::counter!(names::MODEL_LOAD_FAILURES, "model" => spec.clone()).increment(1);
+                LoadError {
+                    spec: spec.clone(),
+                    reason,
+                }
+            };
+            let (name, variant) = parse_model_spec(spec).map_err(|e| fail(e.to_string()))?;
+            let manifest = Manifest::load(config.models.dir.join(&name)).map_err(|e| fail(e.to_string()))?;
+            let options = ScorerOptions {
+                intra_threads: config.batcher.intra_threads,
+                optimize: true,
+                library: config.models.ort_library.clone(),
+            };
+            let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
+            for _ in 0..config.batcher.workers {
+                let s = OnnxScorer::new(&manifest, &variant, &options).map_err(|e| fail(e.to_string()))?;
+                scorers.push(Box::new(s));
+            }
+            let settings = BatcherSettings {
+                max_batch: config.batcher.max_batch,
+                max_delay: Duration::from_micros(config.batcher.max_delay_us),
+                queue_capacity: config.batcher.queue_capacity,
+            };
+            let (batcher, h) = Batcher::start(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
+            handles.extend(h);
+            let info = model_info(spec, &variant, &manifest);
+            metrics::gauge!(names::MODEL_LOADED, "model" => spec.clone(), "variant" => variant.clone(),
+                "version" => manifest.version.clone())
+            .set(1.0);
+            tracing::info!(model = %spec, version = %manifest.version, workers = config.batcher.workers,
+                "model loaded");
+            models.insert(
+                spec.clone(),
+                Arc::new(ServedModel {
+                    name: spec.clone(),
+                    variant,
+                    manifest,
+                    batcher,
+                    info,
+                }),
+            );
+        }
+        let default = resolve_default(&config.models.default, &models).ok_or_else(|| LoadError {
+            spec: config.models.default.clone(),
+            reason: format!(
+                "the default model is not served (served: {})",
+                models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        })?;
+        let mut r = Self { models, default };
+        r.mark_default();
+        Ok((r, handles))
+    }
+
+    /// A registry of already-built models (tests).
+    pub fn from_models(models: Vec<ServedModel>, default: &str) -> Option<Self> {
+        let models: BTreeMap<_, _> = models
+            .into_iter()
+            .map(|m| (m.name.clone(), Arc::new(m)))
+            .collect();
+        let default = resolve_default(default, &models)?;
+        let mut r = Self { models, default };
+        r.mark_default();
+        Some(r)
+    }
+
+    fn mark_default(&mut self) {
+        let default = self.default.clone();
+        for (name, m) in self.models.iter_mut() {
+            if let Some(m) = Arc::get_mut(m) {
+                m.info.is_default = *name == default;
+            }
+        }
+    }
+
+    /// The model a stream asked for: empty = default; `name:variant`, or a bare name when exactly one
+    /// variant of it is served.
+    pub fn get(&self, requested: &str) -> Option<&Arc<ServedModel>> {
+        if requested.is_empty() {
+            return self.models.get(&self.default);
+        }
+        resolve_default(requested, &self.models).and_then(|k| self.models.get(&k))
+    }
+
+    pub fn default_name(&self) -> &str {
+        &self.default
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+        self.models.values()
+    }
+
+    /// Served names, for error messages.
+    pub fn names(&self) -> String {
+        self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn resolve_default(requested: &str, models: &BTreeMap<String, Arc<ServedModel>>) -> Option<String> {
+    if models.contains_key(requested) {
+        return Some(requested.to_string());
+    }
+    let mut matching = models.keys().filter(|k| k.split(':').next() == Some(requested));
+    match (matching.next(), matching.next()) {
+        (Some(k), None) => Some(k.clone()),
+        _ => None,
+    }
+}
+
+/// The public description of a served model.
+pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
+    let f = &m.frontend;
+    v1::ModelInfo {
+        name: name.to_string(),
+        version: m.version.clone(),
+        variant: variant.to_string(),
+        arch: m.arch.clone(),
+        classes: m.classes.clone(),
+        keywords: m.keywords.clone(),
+        thresholds: m.keywords.iter().cloned().zip(m.default_thresholds()).collect(),
+        frontend: Some(v1::Frontend {
+            sample_rate_hz: f.sample_rate,
+            frame_length: f.frame_length as u32,
+            hop_length: f.hop_length as u32,
+            fft_size: f.fft_size as u32,
+            num_mel: f.num_mel as u32,
+            mel_low_hz: f.mel_low_hz as f32,
+            mel_high_hz: f.mel_high_hz as f32,
+            num_mfcc: f.num_mfcc as u32,
+            description: format!(
+                "MFCC: {} ms frames every {} ms, periodic Hann, {}-point FFT power, {} HTK-mel bands {}-{} Hz, ln(x + {}), orthonormal DCT-II, {} coefficients; {} frames per window",
+                f.frame_length * 1000 / f.sample_rate as usize,
+                f.hop_length * 1000 / f.sample_rate as usize,
+                f.fft_size,
+                f.num_mel,
+                f.mel_low_hz,
+                f.mel_high_hz,
+                f.log_offset,
+                f.num_mfcc,
+                f.window_frames
+            ),
+        }),
+        window_ms: (m.window.samples * 1000 / f.sample_rate as usize) as u32,
+        default_hop_ms: m.window.default_hop_frames * MS_PER_FRAME,
+        default_smoothing_ms: m.decoder.smoothing_ms,
+        default_refractory_ms: m.decoder.refractory_ms,
+        params: m.params,
+        flops: m.flops,
+        sha256: m.files.get(variant).map(|f| f.sha256.clone()).unwrap_or_default(),
+        is_default: false,
+    }
+}

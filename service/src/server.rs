@@ -1,0 +1,86 @@
+//! Wiring: health, reflection, the kws service, drain on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kws_proto::v1::keyword_spotting_server::KeywordSpottingServer;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::eval::EvalSettings;
+use crate::feedback::EventStore;
+use crate::grpc::KwsService;
+use crate::registry::Registry;
+use crate::session::SessionDeps;
+use crate::shutdown::{Phase, drain};
+use crate::telemetry::names;
+
+/// Serve on `listener` until `shutdown` resolves, then drain (see [`crate::shutdown`]) and return.
+pub async fn serve(
+    config: Config,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let max = config.server.max_streams;
+    let active = Arc::new(Semaphore::new(max));
+    metrics::gauge!(names::MAX_STREAMS).set(max as f64);
+    metrics::gauge!(names::ACTIVE_STREAMS).set(0.0);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let deps = SessionDeps {
+        server: Arc::new(config.server.clone()),
+        phase: phase_rx,
+        events: Arc::new(EventStore::new(
+            Duration::from_millis(config.server.event_retention_ms),
+            config.server.event_retention_max,
+        )),
+        evaluation: Arc::new(EvalSettings::new(
+            config.evaluation.tolerance_ms,
+            config.evaluation.thresholds.clone(),
+        )),
+        active: active.clone(),
+    };
+    let svc = KwsService {
+        registry: Arc::new(registry),
+        deps,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KeywordSpottingServer<KwsService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kws_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let kws = KeywordSpottingServer::new(svc)
+        .max_decoding_message_size(config.server.max_chunk_bytes + 4096)
+        .max_encoding_message_size(4 << 20);
+
+    let grace = Duration::from_millis(config.server.drain_grace_ms);
+    let on_shutdown = async move {
+        shutdown.await;
+        let not_serving = async {
+            health
+                .set_not_serving::<KeywordSpottingServer<KwsService>>()
+                .await;
+            health.set_service_status("", ServingStatus::NotServing).await;
+        };
+        drain(&phase_tx, &active, max, grace, not_serving).await;
+    };
+    tracing::info!(addr = %listener.local_addr()?, max_streams = max, "serving");
+    Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(config.server.max_streams_per_connection)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(kws)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,671 @@
+//! One task per Detect stream: it owns the stream's `Spotter`, feeds audio through it, sends the due
+//! windows to the model's batcher, applies the posteriors in order and sends events.
+//!
+//! Backpressure, in order of what fills up first:
+//! - windows queued for scoring above `max_inflight_windows`: the task stops reading the client's
+//!   messages until replies come back (HTTP/2 flow control then slows the client);
+//! - the batcher queue: `submit` waits;
+//! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
+//!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use kws_models::frontend::WINDOW_VALUES;
+use kws_models::{DecoderConfig, Encoding, PcmFormat, Spotter, StreamConfig, WindowBatch, WindowMeta};
+use kws_proto::v1::{self, detect_request, detect_response};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_stream::Stream;
+use tonic::Status;
+use tracing::Instrument;
+
+use crate::batcher::{Job, JobResult};
+use crate::config::ServerConfig;
+use crate::error::{ServiceError, outcome_of};
+use crate::eval::{Evaluator, Label};
+use crate::feedback::EventStore;
+use crate::registry::ServedModel;
+use crate::shutdown::Phase;
+use crate::telemetry::names;
+
+/// Input frames handled per step before yielding to the runtime, so a large chunk does not hold a
+/// tokio worker for long (~1 ms of work per step at 48 kHz).
+const FRAMES_PER_STEP: usize = 4096;
+/// Spare feature buffers kept per stream for reuse.
+const SPARE_BUFFERS: usize = 4;
+
+/// What a stream asked for, after validation and defaults.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub stream: StreamConfig,
+    /// Enabled keywords (class indices, ascending) — the order of trace scores.
+    pub keywords: Vec<usize>,
+    pub proto: v1::ResolvedConfig,
+    pub progress_ms: Option<u64>,
+    pub trace: bool,
+    pub known_negative: bool,
+}
+
+/// Validate a client's config against the model and the server limits.
+pub fn resolve(
+    cfg: &v1::StreamConfig,
+    model: &ServedModel,
+    server: &ServerConfig,
+) -> Result<Resolved, ServiceError> {
+    let m = &model.manifest;
+    let invalid = |s: String| ServiceError::InvalidConfig(s);
+    let encoding = match v1::AudioEncoding::try_from(cfg.encoding) {
+        Ok(v1::AudioEncoding::PcmS16le) => Encoding::S16Le,
+        Ok(v1::AudioEncoding::PcmF32le) => Encoding::F32Le,
+        _ => {
+            return Err(invalid(format!(
+                "encoding {} is not supported: use AUDIO_ENCODING_PCM_S16LE (1) or AUDIO_ENCODING_PCM_F32LE (2)",
+                cfg.encoding
+            )));
+        }
+    };
+    let channels = u16::try_from(cfg.channels).unwrap_or(u16::MAX);
+    let format =
+        PcmFormat::new(encoding, cfg.sample_rate_hz, channels).map_err(|e| invalid(e.to_string()))?;
+    let known = m.keywords.join(", ");
+    let mut enabled = vec![cfg.keywords.is_empty(); m.keywords.len()];
+    for k in &cfg.keywords {
+        let i = m.keyword_index(k).ok_or_else(|| {
+            invalid(format!(
+                "unknown keyword {k:?} in keywords: the model's keywords are {known}"
+            ))
+        })?;
+        enabled[i] = true;
+    }
+    let mut thresholds = m.default_thresholds();
+    for (k, v) in &cfg.thresholds {
+        let i = m.keyword_index(k).ok_or_else(|| {
+            invalid(format!(
+                "unknown keyword {k:?} in thresholds: the model's keywords are {known}"
+            ))
+        })?;
+        if !(0.0..=1.0).contains(v) {
+            return Err(invalid(format!("threshold {v} for {k:?} is outside [0, 1]")));
+        }
+        thresholds[i] = *v;
+    }
+    if cfg.client_stream_id.len() > 128 {
+        return Err(invalid("client_stream_id is longer than 128 bytes".into()));
+    }
+    let hop_frames = match cfg.hop_ms {
+        0 => m.window.default_hop_frames,
+        ms if ms % 10 == 0 && (10..=980).contains(&ms) => ms / 10,
+        ms => {
+            return Err(invalid(format!(
+                "hop_ms {ms} must be a multiple of 10 in 10..=980"
+            )));
+        }
+    };
+    let smoothing_ms = match (cfg.no_smoothing, cfg.smoothing_ms) {
+        (true, _) => 0,
+        (false, 0) => m.decoder.smoothing_ms,
+        (false, v) => v,
+    };
+    let refractory_ms = match (cfg.no_refractory, cfg.refractory_ms) {
+        (true, _) => 0,
+        (false, 0) => m.decoder.refractory_ms,
+        (false, v) => v,
+    };
+    let decoder = DecoderConfig {
+        smoothing_ms,
+        refractory_ms,
+        thresholds: thresholds
+            .iter()
+            .zip(&enabled)
+            .map(|(t, e)| e.then_some(*t))
+            .collect(),
+    };
+    decoder
+        .validate(&m.keywords)
+        .map_err(|e| invalid(e.to_string()))?;
+    let keywords: Vec<usize> = (0..m.keywords.len()).filter(|&i| enabled[i]).collect();
+    let progress_ms = (!cfg.disable_progress).then(|| {
+        u64::from(if cfg.progress_interval_ms == 0 {
+            server.progress_interval_ms
+        } else {
+            cfg.progress_interval_ms
+        })
+    });
+    let proto = v1::ResolvedConfig {
+        encoding: cfg.encoding,
+        sample_rate_hz: cfg.sample_rate_hz,
+        channels: cfg.channels,
+        keywords: keywords.iter().map(|&i| m.keywords[i].clone()).collect(),
+        thresholds: keywords
+            .iter()
+            .map(|&i| (m.keywords[i].clone(), thresholds[i]))
+            .collect(),
+        hop_ms: hop_frames * 10,
+        smoothing_ms,
+        refractory_ms,
+        score_trace: cfg.score_trace,
+        progress_interval_ms: progress_ms.unwrap_or(0) as u32,
+        known_negative: cfg.known_negative,
+        client_stream_id: cfg.client_stream_id.clone(),
+        max_chunk_bytes: server.max_chunk_bytes as u32,
+    };
+    Ok(Resolved {
+        stream: StreamConfig {
+            format,
+            hop_frames,
+            decoder,
+        },
+        keywords,
+        proto,
+        progress_ms,
+        trace: cfg.score_trace,
+        known_negative: cfg.known_negative,
+    })
+}
+
+/// The response stream handed to tonic: in-band messages, plus a priority slot for the terminal
+/// status of a client that does not read (its buffer is full, so the status cannot queue behind).
+#[derive(Debug)]
+pub struct ResponseStream {
+    rx: mpsc::Receiver<Result<v1::DetectResponse, Status>>,
+    abort: Option<oneshot::Receiver<Status>>,
+}
+
+impl Stream for ResponseStream {
+    type Item = Result<v1::DetectResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(abort) = self.abort.as_mut() {
+            match Pin::new(abort).poll(cx) {
+                Poll::Ready(Ok(status)) => {
+                    self.abort = None;
+                    self.rx.close();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(Err(_)) => self.abort = None,
+                Poll::Pending => {}
+            }
+        }
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// Everything a session needs from the server.
+#[derive(Debug, Clone)]
+pub struct SessionDeps {
+    pub server: Arc<ServerConfig>,
+    pub phase: watch::Receiver<Phase>,
+    pub events: Arc<EventStore>,
+    pub evaluation: Arc<crate::eval::EvalSettings>,
+    pub active: Arc<Semaphore>,
+}
+
+/// Start a session for an admitted stream whose config message has been validated. Returns the
+/// response stream; the session runs as its own task and holds `permit` until it ends.
+pub fn start(
+    inbound: tonic::Streaming<v1::DetectRequest>,
+    model: Arc<ServedModel>,
+    resolved: Resolved,
+    deps: SessionDeps,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    opened: Instant,
+) -> Result<ResponseStream, ServiceError> {
+    let spotter = Spotter::new(resolved.stream.clone(), model.manifest.num_classes())
+        .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(deps.server.response_buffer);
+    let (abort_tx, abort_rx) = oneshot::channel();
+    let stream_id = format!("{:016x}", rand::random::<u64>());
+    deps.events.insert_stream(&stream_id, &model.name);
+    let span = tracing::info_span!("stream", stream_id = %stream_id, model = %model.name,
+        client_stream_id = %resolved.proto.client_stream_id);
+    let session = Session {
+        id: stream_id,
+        evaluator: Evaluator::new(&deps.evaluation, &model.manifest, &resolved),
+        model,
+        resolved,
+        spotter,
+        inbound,
+        tx,
+        abort: Some(abort_tx),
+        deps,
+        opened,
+        pending: VecDeque::new(),
+        spare: Vec::new(),
+        inflight_windows: 0,
+        processed_ms: 0,
+        next_progress_ms: 0,
+        behind: false,
+        events: 0,
+        windows: 0,
+    };
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            metrics::gauge!(names::ACTIVE_STREAMS).increment(1.0);
+            session.run().await;
+            metrics::gauge!(names::ACTIVE_STREAMS).decrement(1.0);
+        }
+        .instrument(span),
+    );
+    Ok(ResponseStream {
+        rx,
+        abort: Some(abort_rx),
+    })
+}
+
+/// The reply of the oldest pending job (never resolves if there is none).
+async fn reply(head: &mut Option<Pending>) -> Result<JobResult, oneshot::error::RecvError> {
+    match head.as_mut() {
+        Some(h) => (&mut h.rx).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Pending {
+    windows: Vec<WindowMeta>,
+    arrived: Instant,
+    rx: oneshot::Receiver<JobResult>,
+}
+
+struct Session {
+    id: String,
+    model: Arc<ServedModel>,
+    resolved: Resolved,
+    spotter: Spotter,
+    inbound: tonic::Streaming<v1::DetectRequest>,
+    tx: mpsc::Sender<Result<v1::DetectResponse, Status>>,
+    abort: Option<oneshot::Sender<Status>>,
+    deps: SessionDeps,
+    opened: Instant,
+    pending: VecDeque<Pending>,
+    spare: Vec<Vec<f32>>,
+    inflight_windows: usize,
+    processed_ms: u64,
+    next_progress_ms: u64,
+    behind: bool,
+    events: u64,
+    windows: u64,
+    evaluator: Evaluator,
+}
+
+/// Why the main loop stopped reading the client.
+enum End {
+    /// Half-close: finish and send the summary.
+    Finished,
+    /// Grace period over during a drain: finish, send the summary, then UNAVAILABLE.
+    Drained,
+    Error(ServiceError),
+    /// The client went away (cancelled or connection lost): nothing more to send.
+    Gone,
+}
+
+impl Session {
+    async fn run(mut self) {
+        let end = self.main_loop().await;
+        let outcome = match end {
+            End::Gone => "cancelled",
+            End::Error(ServiceError::SlowReader(ms)) => {
+                let e = ServiceError::SlowReader(ms);
+                tracing::warn!(error = %e, "stream ended");
+                if let Some(a) = self.abort.take() {
+                    let _ = a.send(e.clone().into());
+                }
+                e.outcome()
+            }
+            End::Error(e) => {
+                tracing::info!(error = %e, "stream ended with error");
+                let _ = self.tx.send(Err(e.clone().into())).await;
+                e.outcome()
+            }
+            End::Finished | End::Drained => match self.finish().await {
+                Ok(()) if matches!(end, End::Drained) => {
+                    let e = ServiceError::Draining;
+                    let _ = self.tx.send(Err(e.clone().into())).await;
+                    "unavailable"
+                }
+                Ok(()) => "ok",
+                Err(e) => {
+                    let code = Status::from(e.clone()).code();
+                    let _ = self.tx.send(Err(e.into())).await;
+                    outcome_of(code)
+                }
+            },
+        };
+        metrics::counter!(names::STREAMS, "outcome" => outcome).increment(1);
+        tracing::info!(
+            outcome,
+            audio_ms = self.spotter.audio_ms_received(),
+            events = self.events,
+            "stream closed"
+        );
+    }
+
+    async fn main_loop(&mut self) -> End {
+        let ready = v1::DetectResponse {
+            response: Some(detect_response::Response::Ready(v1::Ready {
+                stream_id: self.id.clone(),
+                model: Some(v1::ModelRef {
+                    name: self.model.name.clone(),
+                    version: self.model.manifest.version.clone(),
+                    variant: self.model.variant.clone(),
+                }),
+                config: Some(self.resolved.proto.clone()),
+            })),
+        };
+        if let Err(e) = self.send(ready).await {
+            return e;
+        }
+        let server = self.deps.server.clone();
+        let lifetime = tokio::time::sleep_until(
+            (self.opened + Duration::from_millis(server.max_stream_lifetime_ms)).into(),
+        );
+        tokio::pin!(lifetime);
+        let idle = Duration::from_millis(server.idle_timeout_ms);
+        let mut last_message = Instant::now();
+        let mut phase = self.deps.phase.clone();
+        loop {
+            if *phase.borrow() == Phase::Closing {
+                return End::Drained;
+            }
+            let can_read = self.inflight_windows < server.max_inflight_windows;
+            let mut head = self.pending.pop_front();
+            tokio::select! {
+                biased;
+                _ = &mut lifetime => return End::Error(ServiceError::Lifetime(server.max_stream_lifetime_ms)),
+                changed = phase.changed() => {
+                    if let Some(h) = head { self.pending.push_front(h); }
+                    if changed.is_err() {
+                        // The server is gone without a drain: finish like a drain.
+                        return End::Drained;
+                    }
+                }
+                r = reply(&mut head), if head.is_some() => {
+                    let Some(h) = head.take() else { continue };
+                    match r {
+                        Ok(result) => if let Err(e) = self.apply(h.windows, h.arrived, result).await { return e },
+                        Err(_) => return End::Error(ServiceError::Internal("scoring worker dropped a job".into())),
+                    }
+                }
+                msg = self.inbound.message(), if can_read => {
+                    if let Some(h) = head { self.pending.push_front(h); }
+                    last_message = Instant::now();
+                    match msg {
+                        Ok(Some(req)) => if let Err(e) = self.handle(req).await { return e },
+                        Ok(None) => return End::Finished,
+                        Err(status) => {
+                            tracing::debug!(status = %status, "client stream error");
+                            return End::Gone;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until((last_message + idle).into()), if can_read => {
+                    if let Some(h) = head { self.pending.push_front(h); }
+                    return End::Error(ServiceError::Idle(server.idle_timeout_ms));
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, req: v1::DetectRequest) -> Result<(), End> {
+        match req.request {
+            Some(detect_request::Request::Audio(chunk)) => self.audio(chunk.data).await,
+            Some(detect_request::Request::Label(label)) => {
+                let label = Label::from_proto(&label, &self.model.manifest)
+                    .map_err(|e| End::Error(ServiceError::Protocol(e)))?;
+                self.evaluator.add_label(label);
+                Ok(())
+            }
+            Some(detect_request::Request::Config(_)) => Err(End::Error(ServiceError::Protocol(
+                "config sent twice: only the first message may be a config".into(),
+            ))),
+            None => Err(End::Error(ServiceError::Protocol(
+                "empty DetectRequest: set config, audio or label".into(),
+            ))),
+        }
+    }
+
+    async fn audio(&mut self, data: Vec<u8>) -> Result<(), End> {
+        let arrived = Instant::now();
+        let max = self.deps.server.max_chunk_bytes;
+        if data.is_empty() {
+            return Err(End::Error(ServiceError::InvalidAudio("empty audio chunk".into())));
+        }
+        if data.len() > max {
+            return Err(End::Error(ServiceError::InvalidAudio(format!(
+                "chunk of {} bytes exceeds the maximum of {max} bytes",
+                data.len()
+            ))));
+        }
+        let format = self.spotter.format();
+        let frames = format
+            .validate(&data)
+            .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
+        let secs = frames as f64 / f64::from(format.sample_rate());
+        metrics::gauge!(names::AUDIO_RECEIVED, "model" => self.model.name.clone()).increment(secs);
+        let step = FRAMES_PER_STEP * format.frame_bytes();
+        for (i, piece) in data.chunks(step).enumerate() {
+            if i > 0 {
+                tokio::task::yield_now().await;
+            }
+            let mut batch = WindowBatch::with_buffer(self.spare.pop().unwrap_or_default());
+            self.spotter
+                .push_pcm(piece, &mut batch)
+                .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
+            self.submit(batch, arrived).await?;
+        }
+        self.check_behind().await
+    }
+
+    /// Send the windows of `batch` to the batcher in jobs of at most `max_batch` windows.
+    async fn submit(&mut self, batch: WindowBatch, arrived: Instant) -> Result<(), End> {
+        let (features, windows) = batch.into_parts();
+        if windows.is_empty() {
+            self.recycle(features);
+            return Ok(());
+        }
+        let max = self.model.batcher.max_batch();
+        if windows.len() <= max {
+            return self.submit_job(features, windows, arrived).await;
+        }
+        for (i, metas) in windows.chunks(max).enumerate() {
+            let part = features[i * max * WINDOW_VALUES..(i * max + metas.len()) * WINDOW_VALUES].to_vec();
+            self.submit_job(part, metas.to_vec(), arrived).await?;
+        }
+        self.recycle(features);
+        Ok(())
+    }
+
+    async fn submit_job(
+        &mut self,
+        features: Vec<f32>,
+        windows: Vec<WindowMeta>,
+        arrived: Instant,
+    ) -> Result<(), End> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            features,
+            probs: Vec::new(),
+            windows: windows.len(),
+            enqueued: Instant::now(),
+            reply,
+        };
+        self.inflight_windows += windows.len();
+        self.model
+            .batcher
+            .submit(job)
+            .await
+            .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+        self.pending.push_back(Pending { windows, arrived, rx });
+        Ok(())
+    }
+
+    fn recycle(&mut self, buf: Vec<f32>) {
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(buf);
+        }
+    }
+
+    /// Apply a scored job in order: events, trace, progress.
+    async fn apply(
+        &mut self,
+        windows: Vec<WindowMeta>,
+        arrived: Instant,
+        result: JobResult,
+    ) -> Result<(), End> {
+        self.inflight_windows -= windows.len();
+        if let Err(e) = &result.result {
+            return Err(End::Error(ServiceError::Internal(format!(
+                "inference failed: {e}"
+            ))));
+        }
+        let classes = self.model.manifest.num_classes();
+        let model_label = self.model.name.clone();
+        let mut trace = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            let probs = &result.probs[i * classes..(i + 1) * classes];
+            let event = self
+                .spotter
+                .apply(w, probs)
+                .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+            self.evaluator
+                .observe(w, self.spotter.smoothed(), event.as_ref().map(|e| e.class));
+            if self.resolved.trace {
+                let s = self.spotter.smoothed();
+                trace.push(v1::WindowScores {
+                    start_ms: w.start_ms,
+                    end_ms: w.end_ms,
+                    scores: self.resolved.keywords.iter().map(|&k| s[k]).collect(),
+                });
+            }
+            self.processed_ms = w.end_ms;
+            self.windows += 1;
+            if let Some(e) = event {
+                self.events += 1;
+                let keyword = self.model.manifest.keywords[e.class].clone();
+                let event_id = format!("{}-{}", self.id, self.events);
+                metrics::counter!(names::EVENTS, "model" => model_label.clone(), "keyword" => keyword.clone())
+                    .increment(1);
+                metrics::histogram!(names::EVENT_LATENCY, "model" => model_label.clone())
+                    .record(arrived.elapsed().as_secs_f64());
+                self.deps.events.insert(&event_id, &self.model.name, &keyword);
+                tracing::debug!(event_id, keyword, score = e.score, end_ms = e.end_ms, "keyword");
+                self.send(v1::DetectResponse {
+                    response: Some(detect_response::Response::Event(v1::KeywordEvent {
+                        event_id,
+                        keyword,
+                        score: e.score,
+                        start_ms: e.start_ms,
+                        end_ms: e.end_ms,
+                    })),
+                })
+                .await?;
+            }
+        }
+        metrics::counter!(names::WINDOWS, "model" => model_label.clone()).increment(windows.len() as u64);
+        let scored_s = windows.len() as f64 * f64::from(self.resolved.stream.hop_frames) * 0.01;
+        metrics::gauge!(names::AUDIO_PROCESSED, "model" => model_label).increment(scored_s);
+        self.recycle(result.features);
+        if !trace.is_empty() {
+            self.send(v1::DetectResponse {
+                response: Some(detect_response::Response::Trace(v1::ScoreTrace {
+                    windows: trace,
+                })),
+            })
+            .await?;
+        }
+        self.check_behind().await?;
+        if let Some(every) = self.resolved.progress_ms
+            && self.processed_ms >= self.next_progress_ms
+        {
+            self.next_progress_ms = self.processed_ms + every;
+            self.progress().await?;
+        }
+        Ok(())
+    }
+
+    async fn check_behind(&mut self) -> Result<(), End> {
+        let backlog = self
+            .spotter
+            .audio_ms_received()
+            .saturating_sub(self.processed_ms.max(1000));
+        let behind = backlog > self.deps.server.behind_threshold_ms;
+        if behind != self.behind {
+            self.behind = behind;
+            if behind {
+                metrics::counter!(names::STREAMS_BEHIND, "model" => self.model.name.clone()).increment(1);
+                tracing::warn!(backlog_ms = backlog, "scoring is behind the received audio");
+            }
+            if self.resolved.progress_ms.is_some() {
+                self.progress().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn progress(&mut self) -> Result<(), End> {
+        self.send(v1::DetectResponse {
+            response: Some(detect_response::Response::Progress(v1::Progress {
+                audio_ms_received: self.spotter.audio_ms_received(),
+                audio_ms_processed: self.processed_ms,
+                behind: self.behind,
+            })),
+        })
+        .await
+    }
+
+    /// End of input: flush the pipeline, score the rest, send the summary.
+    async fn finish(&mut self) -> Result<(), ServiceError> {
+        let mut batch = WindowBatch::with_buffer(self.spare.pop().unwrap_or_default());
+        self.spotter
+            .finish(&mut batch)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if let Err(End::Error(e)) = self.submit(batch, Instant::now()).await {
+            return Err(e);
+        }
+        while let Some(p) = self.pending.pop_front() {
+            let r =
+                p.rx.await
+                    .map_err(|_| ServiceError::Internal("scoring worker dropped a job".into()))?;
+            match self.apply(p.windows, p.arrived, r).await {
+                Ok(()) => {}
+                Err(End::Error(e)) => return Err(e),
+                Err(_) => return Ok(()),
+            }
+        }
+        let processed_ms = self.spotter.audio_ms_processed();
+        let evaluation = self.evaluator.finish(processed_ms, &self.model.name);
+        let summary = v1::Summary {
+            audio_ms_received: self.spotter.audio_ms_received(),
+            audio_ms_processed: processed_ms,
+            events: self.events,
+            windows_scored: self.windows,
+            evaluation,
+        };
+        match self
+            .send(v1::DetectResponse {
+                response: Some(detect_response::Response::Summary(summary)),
+            })
+            .await
+        {
+            Ok(()) | Err(End::Gone) => Ok(()),
+            Err(End::Error(e)) => Err(e),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Send one response, waiting up to the slow-reader timeout for room in the buffer.
+    async fn send(&mut self, msg: v1::DetectResponse) -> Result<(), End> {
+        let timeout = Duration::from_millis(self.deps.server.slow_reader_timeout_ms);
+        match self.tx.send_timeout(Ok(msg), timeout).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(End::Error(ServiceError::SlowReader(
+                self.deps.server.slow_reader_timeout_ms,
+            ))),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(End::Gone),
+        }
+    }
+}

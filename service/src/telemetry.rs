@@ -1,0 +1,189 @@
+//! Metrics and logs. Every metric name is defined once here (Prometheus conventions: base units,
+//! `_total` counters, bounded labels: never a stream id). Histograms have explicit buckets so they
+//! render as Prometheus histograms, which aggregate across pods.
+//!
+//! `metrics` counters are integers, so totals measured in seconds (audio, CPU) are exported as
+//! gauges that only ever increase (`*_seconds_total`): `rate()` and `increase()` work on them as on
+//! counters, and they restart from 0 with the process like counters do.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::config::{LogConfig, LogFormat};
+
+pub mod names {
+    /// Gauge: Detect streams in progress.
+    pub const ACTIVE_STREAMS: &str = "kws_active_streams";
+    /// Gauge: the configured stream limit.
+    pub const MAX_STREAMS: &str = "kws_max_streams";
+    /// Counter{outcome}: streams ended, by outcome (ok, cancelled, invalid_argument, resource_exhausted,
+    /// deadline_exceeded, unavailable, unauthenticated, internal).
+    pub const STREAMS: &str = "kws_streams_total";
+    /// Float total{model}: seconds of audio received from clients.
+    pub const AUDIO_RECEIVED: &str = "kws_audio_received_seconds_total";
+    /// Float total{model}: seconds of audio whose windows were scored.
+    pub const AUDIO_PROCESSED: &str = "kws_audio_processed_seconds_total";
+    /// Counter{model}: windows scored.
+    pub const WINDOWS: &str = "kws_windows_scored_total";
+    /// Counter{model, keyword}: keyword events sent.
+    pub const EVENTS: &str = "kws_events_total";
+    /// Histogram{model}: windows per ONNX Runtime call.
+    pub const BATCH_SIZE: &str = "kws_batch_size";
+    /// Histogram{model}: time a scoring job waited in the queue before its batch ran.
+    pub const QUEUE_WAIT: &str = "kws_batch_queue_wait_seconds";
+    /// Histogram{model}: ONNX Runtime time per batch.
+    pub const INFERENCE: &str = "kws_inference_seconds";
+    /// Histogram{model}: from receiving the audio chunk that completed a window to sending its event.
+    pub const EVENT_LATENCY: &str = "kws_event_latency_seconds";
+    /// Counter{model}: times a stream's unscored backlog crossed the `behind` threshold.
+    pub const STREAMS_BEHIND: &str = "kws_streams_behind_total";
+    /// Counter{reason}: requests refused before a stream started (admission, draining, auth).
+    pub const REJECTED: &str = "kws_rejected_total";
+    /// Gauge{model, variant, version}: 1 for each model loaded and serving.
+    pub const MODEL_LOADED: &str = "kws_model_loaded";
+    /// Counter{model}: model loads that failed (at start-up).
+    pub const MODEL_LOAD_FAILURES: &str = "kws_model_load_failures_total";
+    /// Gauge{model}: scoring jobs waiting in the batcher queue.
+    pub const QUEUE_DEPTH: &str = "kws_batch_queue_depth";
+    /// Float total: CPU seconds used by the process (user + system), from /proc.
+    pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
+    /// Gauge: resident memory of the process in bytes, from /proc.
+    pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+    /// Gauge: open file descriptors of the process.
+    pub const PROCESS_FDS: &str = "process_open_fds";
+    /// Counter{model, keyword, threshold}: evaluation, true positives (labelled streams).
+    pub const EVAL_TP: &str = "kws_eval_true_positives_total";
+    /// Counter{model, keyword, threshold}: evaluation, false positives (labelled and negative streams).
+    pub const EVAL_FP: &str = "kws_eval_false_positives_total";
+    /// Counter{model, keyword, threshold}: evaluation, false negatives (labelled streams).
+    pub const EVAL_FN: &str = "kws_eval_false_negatives_total";
+    /// Float total{model, kind}: audio seconds evaluated (kind = labelled | negative).
+    pub const EVAL_AUDIO: &str = "kws_eval_audio_seconds_total";
+    /// Counter{model, keyword, verdict}: feedback received (correct, false_alarm, missed).
+    pub const FEEDBACK: &str = "kws_feedback_total";
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Register descriptions (HELP lines).
+pub fn describe() {
+    use names::*;
+    describe_gauge!(ACTIVE_STREAMS, "Detect streams in progress");
+    describe_gauge!(MAX_STREAMS, "Configured limit of concurrent Detect streams");
+    describe_counter!(STREAMS, "Detect streams ended, by outcome");
+    describe_gauge!(AUDIO_RECEIVED, Unit::Seconds, "Audio received from clients");
+    describe_gauge!(AUDIO_PROCESSED, Unit::Seconds, "Audio whose windows were scored");
+    describe_counter!(WINDOWS, "Windows scored");
+    describe_counter!(EVENTS, "Keyword events sent");
+    describe_histogram!(BATCH_SIZE, "Windows per ONNX Runtime call");
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Queue wait of a scoring job before its batch ran"
+    );
+    describe_histogram!(INFERENCE, Unit::Seconds, "ONNX Runtime time per batch");
+    describe_histogram!(
+        EVENT_LATENCY,
+        Unit::Seconds,
+        "From receiving the chunk completing a window to sending its event"
+    );
+    describe_counter!(
+        STREAMS_BEHIND,
+        "Times a stream's unscored backlog crossed the behind threshold"
+    );
+    describe_counter!(REJECTED, "Requests refused before a stream started, by reason");
+    describe_gauge!(MODEL_LOADED, "1 per model loaded and serving");
+    describe_counter!(MODEL_LOAD_FAILURES, "Model loads that failed");
+    describe_gauge!(QUEUE_DEPTH, "Scoring jobs waiting in the batcher queue");
+    describe_gauge!(
+        PROCESS_CPU,
+        Unit::Seconds,
+        "CPU time of the process (user + system)"
+    );
+    describe_gauge!(PROCESS_RSS, Unit::Bytes, "Resident memory of the process");
+    describe_gauge!(PROCESS_FDS, "Open file descriptors of the process");
+    describe_counter!(
+        EVAL_TP,
+        "Evaluation: detections matching a label, per threshold of the grid"
+    );
+    describe_counter!(
+        EVAL_FP,
+        "Evaluation: detections matching no label, per threshold of the grid"
+    );
+    describe_counter!(
+        EVAL_FN,
+        "Evaluation: labels with no matching detection, per threshold of the grid"
+    );
+    describe_gauge!(
+        EVAL_AUDIO,
+        Unit::Seconds,
+        "Evaluation: audio of labelled / negative streams"
+    );
+    describe_counter!(FEEDBACK, "Feedback received, by verdict");
+}
+
+/// Install the Prometheus recorder and spawn its HTTP listener on the current tokio runtime.
+pub fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS)?
+        .build()?;
+    metrics::set_global_recorder(recorder)?;
+    tokio::spawn(async move {
+        if let Err(e) = exporter.await {
+            tracing::error!(error = ?e, "metrics exporter stopped");
+        }
+    });
+    describe();
+    tokio::spawn(process_metrics());
+    Ok(())
+}
+
+/// Sample /proc/self every second into the process_* metrics.
+async fn process_metrics() {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if let Some((cpu, rss)) = read_proc_self(ticks) {
+            metrics::gauge!(names::PROCESS_CPU).set(cpu);
+            metrics::gauge!(names::PROCESS_RSS).set(rss);
+        }
+        if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+            metrics::gauge!(names::PROCESS_FDS).set(rd.count() as f64);
+        }
+    }
+}
+
+/// (cpu seconds, rss bytes) of this process, from /proc/self/stat and /proc/self/statm.
+pub fn read_proc_self(ticks_per_s: f64) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(((utime + stime) / ticks_per_s, pages * 4096.0))
+}
+
+/// Initialise tracing: text or JSON lines on stderr, filter from `RUST_LOG` or the config.
+pub fn init_tracing(cfg: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
