@@ -20,12 +20,14 @@
 //! - [`decoder`]: posteriors to events.
 //! - [`scorer`]: the [`Scorer`] trait and [`OnnxScorer`] (feature `onnx`, on by default).
 //! - [`manifest`]: model manifests and their checks.
+//! - [`eval`]: matching detections to ground truth, decoding at a grid of thresholds.
 //! - [`spotter`]: the per-stream pipeline.
 
 #![forbid(unsafe_code)]
 
 pub mod decoder;
 pub mod error;
+pub mod eval;
 pub mod frontend;
 pub mod manifest;
 pub mod pcm;

@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::batcher::{Job, JobResult};
 use crate::config::ServerConfig;
 use crate::error::{ServiceError, outcome_of};
-use crate::eval::{Evaluator, Label};
+use crate::eval::{Evaluator, label_from_proto};
 use crate::feedback::EventStore;
 use crate::registry::ServedModel;
 use crate::shutdown::Phase;
@@ -414,9 +414,14 @@ impl Session {
         match req.request {
             Some(detect_request::Request::Audio(chunk)) => self.audio(chunk.data).await,
             Some(detect_request::Request::Label(label)) => {
-                let label = Label::from_proto(&label, &self.model.manifest)
+                let label = label_from_proto(&label, &self.model.manifest)
                     .map_err(|e| End::Error(ServiceError::Protocol(e)))?;
-                self.evaluator.add_label(label);
+                if !self.evaluator.add_label(label) {
+                    return Err(End::Error(ServiceError::Protocol(format!(
+                        "more than {} labels in one stream",
+                        crate::eval::MAX_LABELS
+                    ))));
+                }
                 Ok(())
             }
             Some(detect_request::Request::Config(_)) => Err(End::Error(ServiceError::Protocol(
