@@ -88,6 +88,8 @@ class AugmentConfig:
     eq_p: float = 0.0  # random EQ / band-limiting (telephone band, cheap microphones)
     compress_p: float = 0.0  # dynamic range compression
     codec_p: float = 0.0  # 8-bit mu-law round trip (codec-like degradation)
+    speed_p: float = 0.0  # resample-based speed/pitch/formant warp (vocal tract length perturbation)
+    speed_range: tuple[float, float] = (0.85, 1.15)
 
 
 def _crop(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -118,6 +120,14 @@ def place(clip: np.ndarray, shift_ms: float, rng: np.random.Generator) -> np.nda
     if b > a:
         out[a:b] = clip[a - start:b - start]
     return out
+
+
+def speed_warp(clip: np.ndarray, factor: float) -> np.ndarray:
+    """Play `clip` `factor` times faster by linear-interpolation resampling: duration / factor, pitch
+    and formants x factor (a crude vocal-tract-length and speaking-rate perturbation)."""
+    n = len(clip)
+    pos = np.arange(0.0, n - 1, factor)
+    return np.interp(pos, np.arange(n), clip).astype(np.float32)
 
 
 def _biquad_eq(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -154,6 +164,8 @@ def make_window(clip: np.ndarray | None, bg: dict[str, np.ndarray], cfg: Augment
     if clip is None:
         x = background_window(bg, cfg, rng) * rng.uniform(0, cfg.silence_volume_max)
         return np.clip(x, -1, 1)
+    if rng.random() < cfg.speed_p:
+        clip = speed_warp(clip, rng.uniform(*cfg.speed_range))
     gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
     fg = place(clip, cfg.shift_ms, rng) * gain
     if rng.random() < cfg.eq_p:

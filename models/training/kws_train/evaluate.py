@@ -29,7 +29,11 @@ def eval_sets_for(clips: Clips, bg, r) -> dict[str, tuple[np.ndarray, np.ndarray
             for e in engines:
                 sets[f"test-{e}"] = fam_clips.select(lambda m, e=e: m["engine"] == e)
         sets[f"test-{fam}"] = fam_clips
-    return {name: build_eval_set(c, bg, zlib.crc32(name.encode())) for name, c in sets.items()}
+    out = {name: build_eval_set(c, bg, zlib.crc32(name.encode())) for name, c in sets.items()}
+    # Background only (noise colours, music, music + noise, all levels): the `_silence_` target.
+    out["silence-mix"] = build_eval_set(clips.select(lambda m: False), bg, zlib.crc32(b"silence-mix"),
+                                        silence_count=600)
+    return out
 
 
 def predict(net, frontend, x: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -43,18 +47,52 @@ def predict(net, frontend, x: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate(out)
 
 
-def scores(probs: np.ndarray, y: np.ndarray) -> dict:
-    pred = probs.argmax(1)
+def calibrate(probs: np.ndarray, y: np.ndarray, max_fpr: float = 0.01) -> np.ndarray:
+    """Per keyword, the lowest threshold whose false-positive rate on the windows of every other class
+    is <= max_fpr (validation data)."""
+    th = np.ones(len(KEYWORDS))
+    for i in KEYWORD_IDS:
+        neg = np.sort(probs[y != i, i])[::-1]
+        k = int(np.floor(max_fpr * len(neg)))
+        th[i] = float(neg[k]) + 1e-7 if k < len(neg) else 0.0
+    return th
+
+
+def calibrated_predict(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Decision rule with per-keyword thresholds: the most probable keyword at or above its threshold,
+    else the more probable of `_silence_` / `_unknown_` (so `_unknown_` cannot swallow a keyword that
+    clears its threshold)."""
+    kw = probs[:, KEYWORD_IDS]
+    ok = kw >= thresholds[None, :]
+    masked = np.where(ok, kw, -1.0)
+    best = masked.argmax(1)
+    rest = len(KEYWORDS) + probs[:, len(KEYWORDS):].argmax(1)
+    return np.where(ok.any(1), best, rest)
+
+
+def scores(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None = None) -> dict:
+    pred = probs.argmax(1) if thresholds is None else calibrated_predict(probs, thresholds)
     cm = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     np.add.at(cm, (y, pred), 1)
     kw = np.isin(y, KEYWORD_IDS)
+    if not kw.any():
+        return {"acc": float((pred == y).mean()), "keyword_acc": float("nan"), "n": int(len(y)),
+                "recall": {}, "confusion": cm.tolist()}
     recall = {c: float(cm[i, i] / cm[i].sum()) for i, c in enumerate(CLASSES) if cm[i].sum() > 0}
     return {"acc": float((pred == y).mean()), "keyword_acc": float((pred[kw] == y[kw]).mean()),
             "n": int(len(y)), "recall": recall, "confusion": cm.tolist()}
 
 
 def evaluate_sets(net, frontend, sets) -> dict:
-    return {"sets": {name: scores(predict(net, frontend, x), y) for name, (x, y) in sets.items()}}
+    """Argmax scores per set, plus scores under per-keyword thresholds calibrated on the validation set
+    (`calibrated`), when there is one."""
+    probs = {name: predict(net, frontend, x) for name, (x, y) in sets.items()}
+    out = {"sets": {name: scores(probs[name], y) for name, (x, y) in sets.items()}}
+    if "val-espeak-accents" in sets:
+        th = calibrate(probs["val-espeak-accents"], sets["val-espeak-accents"][1])
+        out["calibration_thresholds"] = th.tolist()
+        out["calibrated"] = {name: scores(probs[name], y, th) for name, (x, y) in sets.items()}
+    return out
 
 
 def format_confusion(cm) -> str:

@@ -34,6 +34,8 @@ class Recipe:
     espeak_max_share: float = 1.0  # cap on espeak's share of the keyword/unknown training clips
     unknown_share: float = 1.0  # unknown windows per batch relative to one keyword class
     silence_share: float = 1.0
+    unknown_keyword_like: bool = True  # keep unknown words that share a keyword's onset/rhyme
+    partial_keyword_p: float = 0.0  # share of unknown windows that are a cut-off keyword
     # Feature-space augmentation.
     specaug_p: float = 0.0
     specaug_time_masks: int = 2

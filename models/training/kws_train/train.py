@@ -21,12 +21,14 @@ from .evaluate import evaluate_sets, eval_sets_for
 from .frontend import TorchFrontend
 from .model import TCResNet, count_flops, count_params
 from .recipe import Recipe, load_recipe, recipe_dict
+from .synth import is_keyword_like
 
 
 def split_train(clips: Clips, r: Recipe, rng: np.random.Generator) -> Clips:
     """Training clips: recipe engines, minus held-out families and validation accents, espeak capped."""
     train = clips.select(lambda m: m["engine"] in r.engines and m["family"] not in r.holdout_families
-                         and espeak_accent(m) not in r.val_espeak_accents)
+                         and espeak_accent(m) not in r.val_espeak_accents
+                         and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
     is_espeak = np.array([m["engine"] == "espeak" for m in train.meta])
     n_other = int((~is_espeak).sum())
     if r.espeak_max_share < 1.0 and n_other > 0:
@@ -55,10 +57,23 @@ class BatchSampler:
         xs, ys = [], []
         for c in cls:
             name = self.classes[c]
-            clip = None if name == SILENCE else self.train.audio[self.rng.choice(self.by_class[name])]
+            if name == SILENCE:
+                clip = None
+            elif name == UNKNOWN and self.rng.random() < self.r.partial_keyword_p:
+                clip = self.partial_keyword()
+            else:
+                clip = self.train.audio[self.rng.choice(self.by_class[name])]
             xs.append(make_window(clip, self.bg, self.r.augment, self.rng))
             ys.append(LABEL_INDEX[name])
         return np.stack(xs), np.array(ys, dtype=np.int64)
+
+
+    def partial_keyword(self) -> np.ndarray:
+        """The first or last 30-60 % of a random keyword clip: not a keyword, but close to one."""
+        kw = KEYWORDS[self.rng.integers(len(KEYWORDS))]
+        clip = self.train.audio[self.rng.choice(self.by_class[kw])]
+        n = max(1, int(len(clip) * self.rng.uniform(0.3, 0.6)))
+        return clip[:n] if self.rng.random() < 0.5 else clip[-n:]
 
 
 def spec_augment(logmel: torch.Tensor, r: Recipe, gen: torch.Generator) -> torch.Tensor:
