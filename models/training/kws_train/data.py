@@ -23,8 +23,9 @@ FAMILIES = {
     "festival-it-lp": "it-lp", "festival-it-pc": "it-pc",
     "festival-cs-dita": "cs-dita", "festival-cs-krb": "cs-krb", "festival-cs-machac": "cs-machac",
     "festival-cs-ph": "cs-ph", "festival-fi-lj": "fi-lj", "festival-fi-mv": "fi-mv",
-    "festival-ru": "ru", "festival-ca-ona": "ca-ona", "festival-hi": "hi", "festival-mr": "mr",
-    "festival-te": "te",
+    "festival-ru": "ru", "festival-ca-ona": "ca-ona",
+    # The Hindi, Marathi and Telugu voices are one speaker ("NSK": byte-identical diphones).
+    "festival-hi": "nsk", "festival-mr": "nsk", "festival-te": "nsk",
 }
 MUSIC = ["macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"]
 NOISES = ["whitenoise", "pinknoise", "brownnoise"]

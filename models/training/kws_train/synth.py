@@ -49,22 +49,32 @@ ESPEAK_VARIANT_DIR = Path("/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v")
 FREETTS_JARS = ["freetts.jar", "cmu_us_kal.jar", "cmulex.jar", "en_us.jar", "cmudict04.jar"]
 
 #: Festival voices: engine name -> (voice function, language used for respelling, f0 range in Hz).
+#: f0 None: pitch varied with sox instead. That includes the Italian, Czech and Finnish voices:
+#: their intonation modules ignore int_lr_params (measured f0 unchanged for target 90 vs 250 Hz).
 FESTIVAL_VOICES = {
     "festival-kal": ("voice_kal_diphone", "en", (80, 160)),
-    "festival-it-lp": ("voice_lp_diphone", "it", (140, 260)),
-    "festival-it-pc": ("voice_pc_diphone", "it", (80, 160)),
-    "festival-cs-dita": ("voice_czech_dita", "cs", (150, 260)),
-    "festival-cs-krb": ("voice_czech_krb", "cs", (200, 320)),
-    "festival-cs-machac": ("voice_czech_machac", "cs", (80, 160)),
-    "festival-cs-ph": ("voice_czech_ph", "cs", (80, 160)),
-    "festival-fi-lj": ("voice_suo_fi_lj_diphone", "fi", (80, 160)),
-    "festival-fi-mv": ("voice_hy_fi_mv_diphone", "fi", (80, 160)),
+    "festival-it-lp": ("voice_lp_diphone", "it", None),
+    "festival-it-pc": ("voice_pc_diphone", "it", None),
+    "festival-cs-dita": ("voice_czech_dita", "cs", None),
+    "festival-cs-krb": ("voice_czech_krb", "cs", None),
+    "festival-cs-machac": ("voice_czech_machac", "cs", None),
+    "festival-cs-ph": ("voice_czech_ph", "cs", None),
+    "festival-fi-lj": ("voice_suo_fi_lj_diphone", "fi", None),
+    "festival-fi-mv": ("voice_hy_fi_mv_diphone", "fi", None),
     "festival-ru": ("voice_msu_ru_nsh_clunits", "ru", None),
     "festival-ca-ona": ("voice_upc_ca_ona_hts", "ca", None),
     "festival-hi": ("voice_hindi_NSK_diphone", "hi", None),
     "festival-mr": ("voice_marathi_NSK_diphone", "mr", None),
     "festival-te": ("voice_telugu_NSK_diphone", "te", None),
 }
+#: Text encoding each festival front end reads (from the voices' Scheme files); default UTF-8.
+#: With UTF-8 the Czech voices say "neznámý", the Finnish ones spell out "tuntematon merkki" and
+#: the Italian one aborts on accented letters; Russian, Hindi, Marathi and Telugu want UTF-8.
+FESTIVAL_ENCODINGS = {"it": "iso-8859-1", "ca": "iso-8859-1", "fi": "iso-8859-1", "cs": "iso-8859-2"}
+#: Festival voices whose synthesis ignores Duration_Stretch (the Russian cluster-unit voice; the
+#: Catalan HTS voice, whose hts_engine "-r" speed only stretches the pauses): their `rate` is
+#: applied with sox tempo on the raw clip instead.
+FESTIVAL_SOX_RATE = {"festival-ru", "festival-ca-ona"}
 FLITE_VOICES = {"flite-kal16": "kal16", "flite-awb": "awb", "flite-rms": "rms"}
 
 #: Engines of the model issue (English voices) and the extra ones of the generalization issue.
@@ -98,6 +108,11 @@ class Rendition:
     reverb: list[int] | None  # sox reverb: reverberance, hf-damping, room-scale
 
 
+def is_keyword_like(word: str) -> bool:
+    """Shares a keyword's onset or rhyme and is at most 4 letters longer ("yet", "upper", "gone")."""
+    return any((word.startswith(k) or word.endswith(k)) and len(word) <= len(k) + 4 for k in KEYWORDS)
+
+
 def unknown_word_pool(seed: int) -> tuple[list[str], list[str]]:
     """Word pool for `_unknown_`: random `wamerican` words plus keyword-like words.
 
@@ -108,8 +123,7 @@ def unknown_word_pool(seed: int) -> tuple[list[str], list[str]]:
     words = Path("/usr/share/dict/words").read_text(encoding="utf-8").split()
     inflections = {k + s for k in KEYWORDS for s in ("", "s", "es", "ed", "ing", "'s")}
     ok = sorted({w for w in words if re.fullmatch(r"[a-z]{2,10}", w) and w not in inflections})
-    like = sorted({w for w in ok if any(
-        (w.startswith(k) or w.endswith(k)) and len(w) <= len(k) + 4 for k in KEYWORDS)})
+    like = sorted({w for w in ok if is_keyword_like(w)})
     rng = random.Random(seed)
     plain = rng.sample([w for w in ok if w not in set(like)], UNKNOWN_POOL)
     return plain, like
@@ -222,9 +236,45 @@ def _postprocess(raw: Path, r: Rendition, tmp: Path) -> np.ndarray:
     return x * (0.7 / peak) if peak > 0 else x
 
 
-def _synth_batch(args: tuple[list[Rendition], str]) -> list[tuple[str, np.ndarray | None, str]]:
-    """Synthesize one batch of renditions of a single engine. Returns (uid, audio or None, reason)."""
-    batch, _ = args
+#: Scheme helper for the foreign festival voices: `kws_save_span` writes the start of the first and
+#: the end of the last non-silent segment. The NSK voices pad words with over a second of noisy
+#: "silence", the Catalan HTS and Finnish mv voices with a -25..-35 dB noise floor, and `trim`
+#: (40 dB below the peak) keeps all of that; the clip is cut to the span (±30/50 ms) first.
+_FESTIVAL_FOREIGN_SCM = """
+(define (kws_save_span u file)
+  (let ((s nil) (e nil) (fd (fopen file "w")))
+    (mapcar (lambda (seg)
+              (if (not (phone_is_silence (item.name seg)))
+                  (begin
+                    (if (not s) (set! s (item.feat seg 'segment_start)))
+                    (set! e (item.feat seg 'end)))))
+            (utt.relation.items u 'Segment))
+    (if s (format fd "%f %f\\n" s e))
+    (fclose fd)))
+"""
+
+
+def _cut_to_speech(raw: Path, stretch: float | None) -> None:
+    """Cut a foreign festival clip to its speech span (±margin) and optionally time-stretch it."""
+    span = Path(f"{raw}.span")
+    if not raw.exists() or not span.exists() or not span.read_text().split():
+        return
+    a, b = map(float, span.read_text().split())
+    out = raw.with_suffix(".cut.wav")
+    effects = ["trim", f"{max(0.0, a - 0.03):.4f}", f"={b + 0.05:.4f}"]
+    if stretch is not None:
+        effects += ["tempo", "-s", f"{1 / stretch:.4f}"]
+    _run(["sox", "-R", "-D", str(raw), str(out), *effects])
+    out.replace(raw)
+
+
+def _synth_batch(args: tuple[list[Rendition], str] | tuple[list[Rendition], str, float | None]
+                 ) -> list[tuple[str, np.ndarray | None, str]]:
+    """Synthesize one batch of renditions of a single engine. Returns (uid, audio or None, reason).
+    `args` = (batch, engine[, max_seconds]); clips longer than max_seconds (default MAX_CLIP_S; None = no
+    limit) are dropped."""
+    batch = args[0]
+    max_s = args[2] if len(args) > 2 else MAX_CLIP_S
     results = []
     with tempfile.TemporaryDirectory(prefix="kws-synth-") as d:
         tmp = Path(d)
@@ -244,7 +294,10 @@ def _synth_batch(args: tuple[list[Rendition], str]) -> list[tuple[str, np.ndarra
                       "--setf", f"f0_shift={r.pitch:.4f}"])
                 raws[r.uid] = raw
         elif engine in FESTIVAL_VOICES:
+            foreign = FESTIVAL_VOICES[engine][1] != "en"
             lines = [f"({batch[0].voice})"]
+            if foreign:
+                lines.append(_FESTIVAL_FOREIGN_SCM)
             for r in batch:
                 raw = tmp / f"{r.uid.replace(':', '_')}.raw.wav"
                 raws[r.uid] = raw
@@ -256,9 +309,15 @@ def _synth_batch(args: tuple[list[Rendition], str]) -> list[tuple[str, np.ndarra
                 lines.append(f'(set! u (Utterance Text "{text}"))')
                 lines.append("(utt.synth u)")
                 lines.append(f'(utt.save.wave u "{raw}" \'riff)')
+                if foreign:
+                    lines.append(f'(kws_save_span u "{raw}.span")')
             script = tmp / "batch.scm"
-            script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            encoding = FESTIVAL_ENCODINGS.get(FESTIVAL_VOICES[engine][1], "utf-8")
+            script.write_text("\n".join(lines) + "\n", encoding=encoding)
             _run(["festival", "-b", str(script)])
+            if foreign:
+                for r in batch:
+                    _cut_to_speech(raws[r.uid], r.rate if engine in FESTIVAL_SOX_RATE else None)
         elif engine == "freetts-kevin16":
             words = sorted({r.text for r in batch})
             (tmp / "lines.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
@@ -275,11 +334,25 @@ def _synth_batch(args: tuple[list[Rendition], str]) -> list[tuple[str, np.ndarra
             x = _postprocess(raw, r, tmp)
             if len(x) < SAMPLE_RATE // 20:
                 results.append((r.uid, None, "shorter than 50 ms after trimming"))
-            elif len(x) > MAX_CLIP_S * SAMPLE_RATE:
-                results.append((r.uid, None, f"longer than {MAX_CLIP_S} s after trimming"))
+            elif max_s is not None and len(x) > max_s * SAMPLE_RATE:
+                results.append((r.uid, None, f"longer than {max_s} s after trimming"))
             else:
                 results.append((r.uid, x, ""))
     return results
+
+
+def render(renditions: list[Rendition], max_seconds: float | None = MAX_CLIP_S) -> list[np.ndarray | None]:
+    """Synthesize renditions (any engines) in this process, in order: trimmed, peak-normalized 16 kHz
+    float audio, or None where the engine produced nothing usable."""
+    out: dict[str, np.ndarray | None] = {}
+    by_engine: dict[str, list[Rendition]] = {}
+    for r in renditions:
+        by_engine.setdefault(r.engine, []).append(r)
+    for engine, rs in by_engine.items():
+        for i in range(0, len(rs), 100):
+            for uid, x, _ in _synth_batch((rs[i:i + 100], engine, max_seconds)):
+                out[uid] = x
+    return [out.get(r.uid) for r in renditions]
 
 
 def synth_engine(engine: str, renditions: list[Rendition], out: Path, workers: int) -> dict:
