@@ -1,0 +1,61 @@
+//! Bytes of heap a `Spotter` allocates for its own state (the shared model, FFT plans and tables
+//! excluded), per input rate. `cargo run --release -p kws-models --example state_size`
+#![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use kws_models::frontend::mfcc;
+use kws_models::{DecoderConfig, Encoding, PcmFormat, Spotter, StreamConfig, WindowBatch};
+
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts bytes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::SeqCst);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::SeqCst);
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+fn main() {
+    // Build the shared tables and this thread's scratch first: they are not per-stream state.
+    let _ = mfcc(&[0.0; 16_000]);
+    for rate in [16_000u32, 48_000, 44_100, 8_000] {
+        let fmt = PcmFormat::new(Encoding::S16Le, rate, 1).unwrap();
+        let cfg = StreamConfig {
+            format: fmt,
+            hop_frames: 2,
+            decoder: DecoderConfig {
+                smoothing_ms: 60,
+                refractory_ms: 1000,
+                thresholds: vec![Some(0.5); 10],
+            },
+        };
+        // Warm up this rate's one-off allocations (FFT plans are cached per size), then measure.
+        let mut warm = Spotter::new(cfg.clone(), 12).unwrap();
+        warm.push_pcm(&vec![0u8; rate as usize / 5], &mut WindowBatch::new())
+            .unwrap();
+        drop(warm);
+        let before = LIVE.load(Ordering::SeqCst);
+        let mut s = Spotter::new(cfg, 12).unwrap();
+        let mut batch = WindowBatch::new();
+        s.push_pcm(&vec![0u8; rate as usize * 2 * 3], &mut batch).unwrap();
+        drop(batch);
+        let after = LIVE.load(Ordering::SeqCst);
+        println!(
+            "{rate} Hz: {} bytes ({:.1} KiB) of state per Spotter",
+            after - before,
+            (after - before) as f64 / 1024.0
+        );
+        drop(s);
+    }
+}
