@@ -45,10 +45,19 @@ pub fn match_events(events: &[(usize, u64)], labels: &[Label], keywords: usize, 
     let mut labels = labels.to_vec();
     labels.sort_by_key(|l| (l.start_ms, l.end_ms, l.class));
     let mut matched = vec![false; labels.len()];
-    let mut c = Counts { tp: vec![0; keywords], fp: vec![0; keywords], fn_: vec![0; keywords], confusions: 0 };
-    let widened = |l: &Label, t: u64| l.start_ms.saturating_sub(tolerance_ms) <= t && t <= l.end_ms + tolerance_ms;
+    let mut c = Counts {
+        tp: vec![0; keywords],
+        fp: vec![0; keywords],
+        fn_: vec![0; keywords],
+        confusions: 0,
+    };
+    let widened =
+        |l: &Label, t: u64| l.start_ms.saturating_sub(tolerance_ms) <= t && t <= l.end_ms + tolerance_ms;
     for &(class, t) in &events {
-        let hit = labels.iter().enumerate().position(|(i, l)| !matched[i] && l.class == class && widened(l, t));
+        let hit = labels
+            .iter()
+            .enumerate()
+            .position(|(i, l)| !matched[i] && l.class == class && widened(l, t));
         match hit {
             Some(i) => {
                 matched[i] = true;
@@ -144,7 +153,11 @@ mod tests {
     use super::*;
 
     fn l(class: usize, s: u64, e: u64) -> Label {
-        Label { class, start_ms: s, end_ms: e }
+        Label {
+            class,
+            start_ms: s,
+            end_ms: e,
+        }
     }
 
     #[test]
@@ -175,7 +188,11 @@ mod tests {
         let mut g = GridDecoder::new(&[0.3, 0.6, 0.9], &[0, 1], 1000, 1000);
         let scores = [0.0, 0.4, 0.7, 0.4, 0.0];
         for (i, s) in scores.iter().enumerate() {
-            let w = WindowMeta { seq: i as u64, start_ms: i as u64 * 20, end_ms: i as u64 * 20 + 1000 };
+            let w = WindowMeta {
+                seq: i as u64,
+                start_ms: i as u64 * 20,
+                end_ms: i as u64 * 20 + 1000,
+            };
             g.observe(&w, &[*s, 0.0, 0.5]);
         }
         assert_eq!(g.events(0), &[(0, 520)], "fires at 0.4, then refractory");

@@ -5,6 +5,12 @@
 //! (ONNX Runtime on the same features agrees to ~1e-7, the rest is feature noise); int8 posteriors
 //! 2e-3 (a feature difference can flip one activation's quantization step); events must be identical
 //! in keyword and window, scores within the posterior tolerance.
+//!
+//! int8 off x86-64: 4/255. The goldens come from ONNX Runtime on x86-64 (AVX-512 VNNI); its arm64
+//! int8 kernels need not agree bit for bit, and the model's softmax output is quantized in steps of
+//! 1/255, so a posterior moves by whole steps. Measured on the golden stream under
+//! qemu-user 10 (ORT 1.31.1, aarch64 wheel): one window of 226 differs, by 3 steps (0.0118), with
+//! bit-identical features (checked) and unchanged events; the clips agree within 2e-3.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -16,7 +22,11 @@ use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
 const FEATURE_TOL: f32 = 1e-4;
 
 fn tol(variant: &str) -> f32 {
-    if variant == "int8" { 2e-3 } else { 1e-4 }
+    match variant {
+        "int8" if std::env::consts::ARCH == "x86_64" => 2e-3,
+        "int8" => 4.0 / 255.0,
+        _ => 1e-4,
+    }
 }
 
 #[test]
