@@ -7,8 +7,9 @@
 //! the same output.
 //!
 //! Rates whose ratio to 16 kHz reduces to a block of at most 100 ms (8, 11.025, 22.05, 24, 32,
-//! 44.1, 48, 96, 192 kHz, ...) use rubato's synchronous FFT resampler (cheap, 5 ms delay at the common
-//! rates); any other rate uses the asynchronous sinc resampler. 16 kHz bypasses resampling.
+//! 44.1, 48, 96, 192 kHz, ...) use rubato's synchronous FFT resampler on 40 ms blocks (cheap; 20 ms
+//! delay, so a sample reaches the frontend 20-60 ms after it arrives); any other rate uses the
+//! asynchronous sinc resampler. 16 kHz bypasses resampling.
 
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{
@@ -20,6 +21,8 @@ use crate::error::{AudioError, ConfigError};
 
 /// The model's sample rate in Hz.
 pub const TARGET_RATE: u32 = 16_000;
+/// Input block of the FFT resampler, in ms (its delay is half of it).
+const FFT_BLOCK_MS: usize = 40;
 
 /// Resamples one mono stream to 16 kHz.
 pub struct StreamResampler {
@@ -69,7 +72,9 @@ impl StreamResampler {
         let block_in = (rate_in / gcd(rate_in, TARGET_RATE)) as usize;
         let ten_ms = (rate_in as usize).div_ceil(100);
         let resampler: Box<dyn Resampler<f32>> = if block_in <= rate_in as usize / 10 {
-            let chunk = ten_ms.div_ceil(block_in) * block_in;
+            // 40 ms FFT blocks: the anti-aliasing filter is then flat to ~7.5 kHz (a 10 ms block rolls
+            // off from 7 kHz, -10 dB at 7.4 kHz, inside the top mel bands), for 20 ms of delay.
+            let chunk = (FFT_BLOCK_MS * ten_ms).div_ceil(10 * block_in) * block_in;
             Box::new(
                 rubato::Fft::<f32>::new_custom(
                     rate_in as usize,
