@@ -1,0 +1,175 @@
+//! `kws-client eval` through a real server and with `--local`: identical JSON, sane counts, a DET PNG.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A small labelled manifest: the golden stream with its true keyword positions (golden.json; its
+/// `_unknown_` word is kept to exercise `ignored_labels`), the "yes" clip, and two negative clips.
+fn write_manifest(dir: &std::path::Path) -> std::path::PathBuf {
+    let g = golden_json();
+    let labels: Vec<Value> = g["stream"]["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| json!({"keyword": l["label"], "start_ms": l["start_ms"], "end_ms": l["end_ms"]}))
+        .collect();
+    let lines = [
+        json!({"wav": golden("stream.wav"), "labels": labels}),
+        json!({"wav": golden("00-yes.wav"), "labels": [{"keyword": "yes", "start_ms": 0, "end_ms": 1000}]}),
+        json!({"wav": golden("05-silence.wav"), "negative": true}),
+        json!({"wav": golden("06-silence.wav"), "negative": true}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let path = dir.join("manifest.jsonl");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_local_give_identical_reports() {
+    let server = TestServer::start().await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = path_arg(&write_manifest(dir.path()));
+    let (remote_json, local_json, det) = (
+        dir.path().join("server.json"),
+        dir.path().join("local.json"),
+        dir.path().join("det.png"),
+    );
+
+    let out = kws_client(
+        args(&[
+            "--addr",
+            &addr,
+            "eval",
+            &manifest,
+            "--json",
+            &path_arg(&remote_json),
+            "--det",
+            &path_arg(&det),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("thr @ <=1 FA/h"), "{text}");
+    assert!(text.contains("overall (4 labels)"), "{text}");
+
+    let out = kws_client(
+        args(&[
+            "eval",
+            &manifest,
+            "--local",
+            "--model-dir",
+            &path_arg(&model_dir()),
+            "--variant",
+            "int8",
+            "--ort-lib",
+            &path_arg(&ort_lib()),
+            "--json",
+            &path_arg(&local_json),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+
+    let remote: Value = serde_json::from_str(&std::fs::read_to_string(&remote_json).unwrap()).unwrap();
+    let local: Value = serde_json::from_str(&std::fs::read_to_string(&local_json).unwrap()).unwrap();
+    assert_eq!(remote, local, "server and --local reports differ");
+
+    // Sanity of the numbers themselves.
+    assert_eq!(remote["model"]["name"], "tc-resnet8:int8");
+    assert_eq!(
+        (remote["files"].as_u64(), remote["negative_files"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(remote["ignored_labels"], 1, "the _unknown_ word");
+    assert_eq!(remote["audio_ms"], 5500 + 3 * 1000);
+    assert_eq!(remote["grid"].as_array().unwrap().len(), 19);
+    let overall = &remote["overall"];
+    assert_eq!(
+        overall["labels"], 4,
+        "yes, stop, left in the stream + the yes clip"
+    );
+    let points = overall["points"].as_array().unwrap();
+    for p in points {
+        assert_eq!(p["tp"].as_u64().unwrap() + p["fn"].as_u64().unwrap(), 4);
+    }
+    // Recall cannot rise and false alarms cannot grow with the threshold.
+    for w in points.windows(2) {
+        assert!(w[1]["tp"].as_u64() <= w[0]["tp"].as_u64());
+        assert!(w[1]["fp"].as_u64() <= w[0]["fp"].as_u64());
+    }
+    // At a low threshold the model finds the stream's keywords (its shipped events do at 0.3).
+    assert!(points[1]["tp"].as_u64().unwrap() >= 3, "{}", points[1]);
+    let yes = remote["keywords"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["keyword"] == "yes")
+        .unwrap();
+    assert_eq!(yes["labels"], 2);
+
+    let png = std::fs::read(&det).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(png.len() > 5_000, "a DET chart, {} bytes", png.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_input_errors_exit_2_and_a_dead_server_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"wav\": \"a.wav\", \"labelz\": []}\n").unwrap();
+    let out = kws_client(args(&["eval", &path_arg(&bad), "--local"]), None).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad.jsonl:1"), "{}", stderr(&out));
+
+    let out = kws_client(
+        args(&["eval", &path_arg(dir.path()), "--thresholds", "0.5,0.2"]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+
+    let manifest = path_arg(&write_manifest(dir.path()));
+    let dead = dead_addr().to_string();
+    let out = kws_client(args(&["--addr", &dead, "eval", &manifest]), None).await;
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+}
+
+/// Without a font (`KWS_PLOT_FONT=none` stands for a machine with none) the DET is still drawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn det_without_a_font_is_drawn_without_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = path_arg(&write_manifest(dir.path()));
+    let det = dir.path().join("det.png");
+    let args = args(&[
+        "eval",
+        &manifest,
+        "--local",
+        "--model-dir",
+        &path_arg(&model_dir()),
+        "--ort-lib",
+        &path_arg(&ort_lib()),
+        "--det",
+        &path_arg(&det),
+    ]);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kws-client"))
+            .args(&args)
+            .env("KWS_PLOT_FONT", "none")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("drawn without text"), "{}", stderr(&out));
+    assert_eq!(&std::fs::read(&det).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+}
