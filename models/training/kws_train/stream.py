@@ -54,6 +54,16 @@ def smoothing_windows(cfg: DecoderConfig) -> int:
     return max(1, round(cfg.smoothing_ms / (cfg.hop_frames * MS_PER_FRAME)))
 
 
+def smoothed(trace: list[tuple[int, int, np.ndarray]], cfg: DecoderConfig) -> np.ndarray:
+    """The smoothed posteriors the decoder compares with thresholds: [windows, classes] float32."""
+    s = smoothing_windows(cfg)
+    probs = np.asarray([p for _, _, p in trace], dtype=np.float64)
+    out = np.empty_like(probs)
+    for i in range(len(probs)):
+        out[i] = probs[max(0, i - s + 1):i + 1].mean(axis=0)
+    return out.astype(np.float32)
+
+
 def decode(trace: list[tuple[int, int, np.ndarray]], thresholds: dict[str, float],
            cfg: DecoderConfig) -> list[Event]:
     """Events from a score trace [(start_ms, end_ms, probs[12])].
