@@ -8,6 +8,7 @@
 //! stream stop reading its client), and every job is answered, with an error if inference fails.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,52 @@ pub struct Batcher {
     tx: flume::Sender<Job>,
     model: Arc<str>,
     max_batch: usize,
+    wait: Arc<QueueWait>,
+}
+
+/// Smoothed queue wait of the recent batches (the oldest job's wait, exponentially averaged), read by
+/// admission control. A value older than [`QueueWait::STALE`] counts as zero: no batch ran, so
+/// nothing waits.
+#[derive(Debug)]
+pub struct QueueWait {
+    ewma_us: AtomicU64,
+    updated_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for QueueWait {
+    fn default() -> Self {
+        Self {
+            ewma_us: AtomicU64::new(0),
+            updated_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl QueueWait {
+    pub const STALE: Duration = Duration::from_secs(1);
+
+    /// Fold in one batch's wait. Workers race on this; an occasionally lost update is harmless.
+    pub fn record(&self, wait: Duration) {
+        let w = wait.as_micros().min(u128::from(u64::MAX / 8)) as u64;
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let fresh = self.epoch.elapsed().as_millis() as u64;
+        let stale =
+            fresh.saturating_sub(self.updated_ms.load(Ordering::Relaxed)) > Self::STALE.as_millis() as u64;
+        let new = if old == 0 || stale { w } else { (old * 4 + w) / 5 };
+        self.ewma_us.store(new, Ordering::Relaxed);
+        self.updated_ms.store(fresh, Ordering::Relaxed);
+    }
+
+    /// The smoothed wait now (zero if no batch ran recently).
+    pub fn current(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        if now.saturating_sub(self.updated_ms.load(Ordering::Relaxed)) > Self::STALE.as_millis() as u64 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.ewma_us.load(Ordering::Relaxed))
+    }
 }
 
 /// The batcher was shut down (all workers gone).
@@ -68,15 +115,17 @@ impl Batcher {
     ) -> std::io::Result<(Self, Vec<JoinHandle<()>>)> {
         let (tx, rx) = flume::bounded::<Job>(settings.queue_capacity);
         let model: Arc<str> = Arc::from(model);
+        let wait = Arc::new(QueueWait::default());
         let mut handles = Vec::new();
         for (i, scorer) in scorers.into_iter().enumerate() {
             let rx = rx.clone();
             let model = model.clone();
             let settings = settings.clone();
+            let wait = wait.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("kws-infer-{i}"))
-                    .spawn(move || worker(scorer, rx, settings, model))?,
+                    .spawn(move || worker(scorer, rx, settings, model, &wait))?,
             );
         }
         Ok((
@@ -84,6 +133,7 @@ impl Batcher {
                 tx,
                 model,
                 max_batch: settings.max_batch,
+                wait,
             },
             handles,
         ))
@@ -105,6 +155,11 @@ impl Batcher {
         r
     }
 
+    /// Smoothed queue wait of recent batches (for load shedding).
+    pub fn queue_wait(&self) -> Duration {
+        self.wait.current()
+    }
+
     /// The served model's name. Workers exit once every `Batcher` clone is dropped and the queue
     /// is empty.
     pub fn model(&self) -> &str {
@@ -112,7 +167,13 @@ impl Batcher {
     }
 }
 
-fn worker(mut scorer: Box<dyn Scorer>, rx: flume::Receiver<Job>, settings: BatcherSettings, model: Arc<str>) {
+fn worker(
+    mut scorer: Box<dyn Scorer>,
+    rx: flume::Receiver<Job>,
+    settings: BatcherSettings,
+    model: Arc<str>,
+    wait: &QueueWait,
+) {
     let classes = scorer.num_classes();
     let labels = [("model", model.to_string())];
     let batch_size = metrics::histogram!(names::BATCH_SIZE, &labels);
@@ -139,6 +200,9 @@ fn worker(mut scorer: Box<dyn Scorer>, rx: flume::Receiver<Job>, settings: Batch
         depth.set(rx.len() as f64);
         let started = Instant::now();
         features.clear();
+        if let Some(oldest) = jobs.first() {
+            wait.record(started.saturating_duration_since(oldest.enqueued));
+        }
         for job in &jobs {
             features.extend_from_slice(&job.features[..job.windows * WINDOW_VALUES]);
             queue_wait.record(started.saturating_duration_since(job.enqueued).as_secs_f64());
@@ -242,6 +306,20 @@ mod tests {
         for h in handles {
             h.join().expect("worker exits when the batcher is dropped");
         }
+    }
+
+    #[test]
+    fn queue_wait_is_smoothed_and_reads_zero_when_idle() {
+        let w = QueueWait::default();
+        assert_eq!(w.current(), Duration::ZERO, "no batch yet");
+        w.record(Duration::from_millis(100));
+        assert_eq!(w.current(), Duration::from_millis(100));
+        w.record(Duration::from_millis(600));
+        assert_eq!(w.current(), Duration::from_millis(200), "EWMA 4:1");
+        std::thread::sleep(QueueWait::STALE + Duration::from_millis(50));
+        assert_eq!(w.current(), Duration::ZERO, "stale: no batch ran recently");
+        w.record(Duration::from_millis(7));
+        assert_eq!(w.current(), Duration::from_millis(7), "a stale average restarts");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

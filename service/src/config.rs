@@ -58,6 +58,12 @@ pub struct ServerConfig {
     /// Windows a stream may have queued for scoring; beyond it the server stops reading that
     /// stream's audio (HTTP/2 flow control slows the client; nothing is dropped).
     pub max_inflight_windows: usize,
+    /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches)
+    /// exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
+    /// makes the excess wait instead of making every admitted stream late. 0 = off.
+    pub shed_queue_wait_ms: u64,
+    /// TLS handshakes that take longer are dropped (slow or stuck clients hold no resources).
+    pub tls_handshake_timeout_ms: u64,
     /// How long event ids stay resolvable by SubmitFeedback.
     pub event_retention_ms: u64,
     /// Most events remembered for feedback (oldest forgotten first).
@@ -81,6 +87,8 @@ impl Default for ServerConfig {
             behind_threshold_ms: 2_000,
             progress_interval_ms: 1_000,
             max_inflight_windows: 256,
+            shed_queue_wait_ms: 1_000,
+            tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
             event_retention_max: 1_000_000,
         }
@@ -172,13 +180,32 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// File of accepted bearer tokens, one per line (`#` comments); reloaded on SIGHUP and on change.
     pub tokens_file: Option<PathBuf>,
     /// Name of an environment variable holding comma-separated accepted tokens.
     pub tokens_env: Option<String>,
+    /// How often `tokens_file` is checked for changes (mtime, size, inode); 0 = only on SIGHUP.
+    pub watch_interval_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            tokens_file: None,
+            tokens_env: None,
+            watch_interval_ms: 2_000,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when bearer tokens are required (a tokens file or variable is configured).
+    pub fn enabled(&self) -> bool {
+        self.tokens_file.is_some() || self.tokens_env.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -243,6 +270,9 @@ pub struct Cli {
     pub tls_client_ca: Option<PathBuf>,
     #[arg(long, env = "KWS_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Name of an environment variable holding comma-separated bearer tokens.
+    #[arg(long, env = "KWS_TOKENS_ENV")]
+    pub tokens_env: Option<String>,
     /// Validate the configuration and exit.
     #[arg(long)]
     pub check: bool,
@@ -307,6 +337,9 @@ impl Config {
         if cli.tokens_file.is_some() {
             self.auth.tokens_file = cli.tokens_file.clone();
         }
+        if cli.tokens_env.is_some() {
+            self.auth.tokens_env = cli.tokens_env.clone();
+        }
     }
 
     /// Range checks that do not need the models (those are checked when they load).
@@ -324,6 +357,7 @@ impl Config {
             ("server.max_stream_lifetime_ms", s.max_stream_lifetime_ms),
             ("server.response_buffer", s.response_buffer as u64),
             ("server.slow_reader_timeout_ms", s.slow_reader_timeout_ms),
+            ("server.tls_handshake_timeout_ms", s.tls_handshake_timeout_ms),
             ("server.progress_interval_ms", u64::from(s.progress_interval_ms)),
             ("server.max_inflight_windows", s.max_inflight_windows as u64),
             ("server.event_retention_max", s.event_retention_max as u64),
@@ -357,6 +391,13 @@ impl Config {
         }
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
             return Err(bad("tls.client_ca (mTLS) needs tls.cert and tls.key"));
+        }
+        if let Some(var) = &self.auth.tokens_env
+            && (var.is_empty() || var.contains('='))
+        {
+            return Err(bad(
+                "auth.tokens_env must be the name of an environment variable (e.g. KWS_TOKENS)",
+            ));
         }
         let grid = &self.evaluation.thresholds;
         if grid.is_empty() || grid.len() > 100 {

@@ -14,12 +14,25 @@ pub enum ServiceError {
     /// Messages in the wrong order or of the wrong kind (config not first, config twice, bad label).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A message that could not be decoded, or larger than the server accepts.
+    #[error("bad message: {0}")]
+    BadMessage(String),
     /// The model named does not exist.
     #[error("unknown model {requested:?}; served models: {served}")]
     UnknownModel { requested: String, served: String },
     /// Stream limit reached.
     #[error("server at capacity ({max} concurrent streams); retry after {retry_ms} ms")]
     Overloaded { max: usize, retry_ms: u64 },
+    /// Load shedding: the model's scoring queue is too slow to take another stream in real time.
+    #[error(
+        "server saturated: scoring of model {model} waits {wait_ms} ms in queue (limit {limit_ms} ms); retry after {retry_ms} ms"
+    )]
+    Saturated {
+        model: String,
+        wait_ms: u64,
+        limit_ms: u64,
+        retry_ms: u64,
+    },
     /// The client does not read its responses.
     #[error("client read no response for {0} ms while its response buffer was full; stream ended")]
     SlowReader(u64),
@@ -34,8 +47,9 @@ pub enum ServiceError {
     Lifetime(u64),
     #[error("{0}")]
     NotFound(String),
-    #[error("missing or invalid bearer token")]
-    Unauthenticated,
+    /// Missing, malformed or unknown bearer token; the message says which.
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,14 +61,17 @@ impl ServiceError {
             ServiceError::InvalidConfig(_)
             | ServiceError::InvalidAudio(_)
             | ServiceError::Protocol(_)
+            | ServiceError::BadMessage(_)
             | ServiceError::UnknownModel { .. } => "invalid_argument",
-            ServiceError::Overloaded { .. } | ServiceError::SlowReader(_) => "resource_exhausted",
+            ServiceError::Overloaded { .. }
+            | ServiceError::Saturated { .. }
+            | ServiceError::SlowReader(_) => "resource_exhausted",
             ServiceError::Draining => "unavailable",
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
                 "deadline_exceeded"
             }
             ServiceError::NotFound(_) => "not_found",
-            ServiceError::Unauthenticated => "unauthenticated",
+            ServiceError::Unauthenticated(_) => "unauthenticated",
             ServiceError::Internal(_) => "internal",
         }
     }
@@ -67,8 +84,9 @@ impl From<ServiceError> for Status {
             ServiceError::InvalidConfig(_)
             | ServiceError::InvalidAudio(_)
             | ServiceError::Protocol(_)
+            | ServiceError::BadMessage(_)
             | ServiceError::UnknownModel { .. } => Status::invalid_argument(msg),
-            ServiceError::Overloaded { retry_ms, .. } => {
+            ServiceError::Overloaded { retry_ms, .. } | ServiceError::Saturated { retry_ms, .. } => {
                 let mut s = Status::resource_exhausted(msg);
                 // gRFC A6 retry pushback: clients with retry policies wait this long.
                 if let Ok(v) = retry_ms.to_string().parse() {
@@ -82,7 +100,7 @@ impl From<ServiceError> for Status {
                 Status::deadline_exceeded(msg)
             }
             ServiceError::NotFound(_) => Status::not_found(msg),
-            ServiceError::Unauthenticated => Status::unauthenticated(msg),
+            ServiceError::Unauthenticated(_) => Status::unauthenticated(msg),
             ServiceError::Internal(_) => Status::internal(msg),
         }
     }

@@ -107,6 +107,19 @@ impl Evaluator {
         true
     }
 
+    /// The first label that ends after `audio_ms` (the stream's audio, rounded up), described for an
+    /// error message; such a stream is refused at its end and not evaluated.
+    pub fn label_beyond(&self, audio_ms: u64) -> Option<String> {
+        self.labels.iter().find(|l| l.end_ms > audio_ms).map(|l| {
+            format!(
+                "label {:?} [{}, {}] ms ends after the audio",
+                self.keyword_names.get(l.class).map(String::as_str).unwrap_or("?"),
+                l.start_ms,
+                l.end_ms
+            )
+        })
+    }
+
     /// Feed one window's smoothed posteriors and the keyword the stream's decoder fired on it, if any.
     pub fn observe(&mut self, w: &WindowMeta, smoothed: &[f32], fired: Option<usize>) {
         if let Some(k) = fired
@@ -118,7 +131,8 @@ impl Evaluator {
     }
 
     /// End of stream: export the grid counters and return this stream's own evaluation (None unless
-    /// the stream was labelled or known negative). Labels beyond `audio_ms` are rejected earlier.
+    /// the stream was labelled or known negative). Labels beyond the audio are refused before this
+    /// ([`label_beyond`](Self::label_beyond)).
     pub fn finish(&mut self, audio_ms: u64, model: &str) -> Option<v1::StreamEvaluation> {
         if !self.known_negative && self.labels.is_empty() {
             return None;

@@ -13,6 +13,9 @@ use kws_proto::v1;
 use crate::error::ServiceError;
 use crate::telemetry::names;
 
+/// Longest accepted feedback note (it is logged).
+pub const MAX_NOTE_BYTES: usize = 1024;
+
 #[derive(Debug, Clone)]
 struct EventRecord {
     model: String,
@@ -98,6 +101,16 @@ impl EventStore {
         req: &v1::SubmitFeedbackRequest,
         keywords_of: impl Fn(&str) -> Vec<String>,
     ) -> Result<(), ServiceError> {
+        let note = match &req.feedback {
+            Some(v1::submit_feedback_request::Feedback::Verdict(v)) => v.note.len(),
+            Some(v1::submit_feedback_request::Feedback::Missed(m)) => m.note.len(),
+            None => 0,
+        };
+        if note > MAX_NOTE_BYTES {
+            return Err(ServiceError::InvalidConfig(format!(
+                "feedback note of {note} bytes is longer than {MAX_NOTE_BYTES} bytes"
+            )));
+        }
         let now = Instant::now();
         let mut g = self.lock();
         Self::expire(&mut g, now, self.retention, self.max);

@@ -65,6 +65,9 @@ impl KeywordSpotting for KwsService {
                 ));
             }
             Ok(Err(status)) => {
+                if let Some(e) = session::inbound_error(&status, self.deps.server.max_chunk_bytes) {
+                    return Err(reject(e, "streams"));
+                }
                 metrics::counter!(names::STREAMS, "outcome" => "cancelled").increment(1);
                 return Err(status);
             }
@@ -90,7 +93,9 @@ impl KeywordSpotting for KwsService {
             }
             None => {
                 return Err(reject(
-                    ServiceError::Protocol("no config: the first message must be a StreamConfig".into()),
+                    ServiceError::Protocol(
+                        "no config: the first message must be a DetectRequest with `config` set".into(),
+                    ),
                     "streams",
                 ));
             }
@@ -106,6 +111,21 @@ impl KeywordSpotting for KwsService {
         })?;
         let resolved =
             session::resolve(&config, model, &self.deps.server).map_err(|e| reject(e, "streams"))?;
+        // Load shedding: when this model's scoring queue already waits too long, one more stream
+        // would make every admitted stream later; refuse it instead.
+        let limit_ms = self.deps.server.shed_queue_wait_ms;
+        let wait = model.batcher.queue_wait();
+        if limit_ms > 0 && wait > Duration::from_millis(limit_ms) {
+            return Err(reject(
+                ServiceError::Saturated {
+                    model: model.name.clone(),
+                    wait_ms: wait.as_millis() as u64,
+                    limit_ms,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            ));
+        }
         let stream = session::start(
             inbound,
             model.clone(),

@@ -15,7 +15,15 @@
 //! - [`grpc`]: handlers; [`session`]: the per-stream task; [`batcher`]: dynamic batching.
 //! - [`registry`]: served models; [`eval`]: live evaluation on labelled streams; [`feedback`]: event ids.
 //! - [`telemetry`]: metric names and logging; [`shutdown`]: drain; [`server`]: wiring it together.
+//! - [`auth`]: bearer tokens (interceptor, reload); [`tls`]: TLS and mTLS settings.
+//!
+//! Guarantees, limits and the status of every bad input: `RELIABILITY.md`.
 
+// No panic reachable from input: besides the workspace's `unwrap_used = deny`, non-test code may not
+// `expect` or `panic!` either (the fuzz target and property tests look for the rest).
+#![cfg_attr(not(test), deny(clippy::expect_used, clippy::panic))]
+
+pub mod auth;
 pub mod batcher;
 pub mod config;
 pub mod error;
@@ -27,3 +35,4 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

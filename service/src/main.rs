@@ -1,7 +1,8 @@
 //! `kws-service`: load the configuration and the models, serve until SIGTERM/SIGINT, drain, exit.
 //!
-//! Exit status: 0 after a clean drain, 64 for an invalid configuration, 1 if a model or ONNX Runtime
-//! cannot be loaded or the listeners cannot bind.
+//! Exit status: 0 after a clean drain, 64 for an invalid configuration (including unreadable or
+//! invalid TLS files and an unreadable tokens file), 1 if a model or ONNX Runtime cannot be loaded or
+//! the listeners cannot bind.
 
 use std::process::ExitCode;
 
@@ -19,6 +20,16 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    // Certificates, keys and tokens are part of the configuration: unreadable ones exit 64 too.
+    let security = kws_service::tls::check(
+        &config.tls,
+        std::time::Duration::from_millis(config.server.tls_handshake_timeout_ms),
+    )
+    .and_then(|()| kws_service::auth::Auth::from_config(&config.auth).map(|_| ()));
+    if let Err(e) = security {
+        eprintln!("kws-service: {e}");
+        return ExitCode::from(64);
+    }
     if cli.check {
         println!("configuration ok");
         return ExitCode::SUCCESS;

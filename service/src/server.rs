@@ -1,4 +1,5 @@
-//! Wiring: health, reflection, the kws service, drain on shutdown.
+//! Wiring: health, reflection, the kws service behind the bearer-token interceptor, TLS, limits,
+//! drain on shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,8 +9,11 @@ use kws_proto::v1::keyword_spotting_server::KeywordSpottingServer;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+
+use crate::auth::{self, Auth, AuthInterceptor};
 
 use crate::config::Config;
 use crate::eval::EvalSettings;
@@ -56,9 +60,24 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(kws_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    // Room for the protobuf framing around the largest chunk; beyond it tonic refuses the message
+    // before decoding it (the session turns that into INVALID_ARGUMENT with the limit).
     let kws = KeywordSpottingServer::new(svc)
         .max_decoding_message_size(config.server.max_chunk_bytes + 4096)
         .max_encoding_message_size(4 << 20);
+    // Only the kws service needs a token: health and reflection stay open for probes.
+    let auth = Auth::from_config(&config.auth)?;
+    let kws = InterceptedService::new(kws, AuthInterceptor::new(auth.clone()));
+    let watcher = auth.map(|a| {
+        tokio::spawn(auth::watch(
+            a,
+            Duration::from_millis(config.auth.watch_interval_ms),
+        ))
+    });
+    let tls = crate::tls::server_config(
+        &config.tls,
+        Duration::from_millis(config.server.tls_handshake_timeout_ms),
+    )?;
 
     let grace = Duration::from_millis(config.server.drain_grace_ms);
     let on_shutdown = async move {
@@ -71,9 +90,15 @@ pub async fn serve(
         };
         drain(&phase_tx, &active, max, grace, not_serving).await;
     };
-    tracing::info!(addr = %listener.local_addr()?, max_streams = max, "serving");
-    Server::builder()
+    tracing::info!(addr = %listener.local_addr()?, max_streams = max, tls = tls.is_some(),
+        mtls = config.tls.client_ca.is_some(), auth = config.auth.enabled(), "serving");
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let served = builder
         .tcp_nodelay(true)
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.server.max_streams_per_connection)
@@ -81,6 +106,13 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(kws)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
-        .await?;
+        .await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    served?;
     Ok(())
 }
+
+/// Largest accepted request header block (metadata), in bytes.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;

@@ -7,6 +7,13 @@
 //! - the batcher queue: `submit` waits;
 //! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
 //!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
+//!
+//! How a stream ends: half-close → flush, summary, OK. Drain grace over, idle timeout or lifetime
+//! limit → flush, summary (of everything received), then UNAVAILABLE / DEADLINE_EXCEEDED. Bad input
+//! → INVALID_ARGUMENT at once. Client gone → nothing to send. Audio accounting: received audio is
+//! counted as processed as its windows are scored; whatever is left when a stream ends abnormally is
+//! counted as unprocessed with the outcome (`kws_audio_unprocessed_seconds_total`), so nothing is
+//! lost silently.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -68,7 +75,12 @@ pub fn resolve(
             )));
         }
     };
-    let channels = u16::try_from(cfg.channels).unwrap_or(u16::MAX);
+    let channels = u16::try_from(cfg.channels).map_err(|_| {
+        invalid(format!(
+            "{} channels is not supported: use 1..=8 interleaved channels",
+            cfg.channels
+        ))
+    })?;
     let format =
         PcmFormat::new(encoding, cfg.sample_rate_hz, channels).map_err(|e| invalid(e.to_string()))?;
     let known = m.keywords.join(", ");
@@ -167,12 +179,49 @@ pub fn resolve(
     })
 }
 
+/// Validate one audio chunk against the server limit and the stream's format; returns its frames.
+pub fn check_chunk(data: &[u8], max_chunk_bytes: usize, format: &PcmFormat) -> Result<usize, ServiceError> {
+    if data.is_empty() {
+        return Err(ServiceError::InvalidAudio(format!(
+            "empty audio chunk: AudioChunk.data must hold at least one frame ({} bytes)",
+            format.frame_bytes()
+        )));
+    }
+    if data.len() > max_chunk_bytes {
+        return Err(ServiceError::InvalidAudio(format!(
+            "chunk of {} bytes exceeds the maximum of {max_chunk_bytes} bytes (ResolvedConfig.max_chunk_bytes): send smaller chunks",
+            data.len()
+        )));
+    }
+    format
+        .validate(data)
+        .map_err(|e| ServiceError::InvalidAudio(e.to_string()))
+}
+
+/// What an error reading the client's messages means: `Some` for a message the server could not
+/// accept (too large, undecodable), which the client is told about; `None` when the client or its
+/// connection went away (nothing can be sent).
+pub fn inbound_error(status: &Status, max_chunk_bytes: usize) -> Option<ServiceError> {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Some(ServiceError::BadMessage(format!(
+            "{}: the largest accepted AudioChunk.data is {max_chunk_bytes} bytes (ResolvedConfig.max_chunk_bytes); send smaller chunks",
+            status.message()
+        ))),
+        tonic::Code::Internal if !status.message().starts_with("h2 protocol error") => Some(
+            ServiceError::BadMessage(format!("cannot decode the DetectRequest: {}", status.message())),
+        ),
+        _ => None,
+    }
+}
+
 /// The response stream handed to tonic: in-band messages, plus a priority slot for the terminal
 /// status of a client that does not read (its buffer is full, so the status cannot queue behind).
 #[derive(Debug)]
 pub struct ResponseStream {
     rx: mpsc::Receiver<Result<v1::DetectResponse, Status>>,
     abort: Option<oneshot::Receiver<Status>>,
+    /// Notified when tonic takes the summary: the session then knows the call was not reset.
+    summary_taken: Arc<tokio::sync::Notify>,
 }
 
 impl Stream for ResponseStream {
@@ -190,7 +239,14 @@ impl Stream for ResponseStream {
                 Poll::Pending => {}
             }
         }
-        self.rx.poll_recv(cx)
+        let item = self.rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(v1::DetectResponse {
+            response: Some(detect_response::Response::Summary(_)),
+        }))) = &item
+        {
+            self.summary_taken.notify_one();
+        }
+        item
     }
 }
 
@@ -217,6 +273,8 @@ pub fn start(
     let spotter = Spotter::new(resolved.stream.clone(), model.manifest.num_classes())
         .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
     let (tx, rx) = mpsc::channel(deps.server.response_buffer);
+    let tx_for_guard = tx.clone();
+    let summary_taken = Arc::new(tokio::sync::Notify::new());
     let (abort_tx, abort_rx) = oneshot::channel();
     let stream_id = format!("{:016x}", rand::random::<u64>());
     deps.events.insert_stream(&stream_id, &model.name);
@@ -231,30 +289,71 @@ pub fn start(
         inbound,
         tx,
         abort: Some(abort_tx),
+        summary_taken: summary_taken.clone(),
         deps,
         opened,
         pending: VecDeque::new(),
         spare: Vec::new(),
         inflight_windows: 0,
         processed_ms: 0,
+        received_counted_ms: 0,
+        processed_counted_ms: 0,
         next_progress_ms: 0,
         behind: false,
         events: 0,
         windows: 0,
     };
+    let guard_tx = tx_for_guard;
+    let task = tokio::spawn(
+        async move {
+            // Dropped on return and on unwind alike: the slot and the gauge always come back.
+            let _active = Active::new(permit);
+            session.run().await;
+        }
+        .instrument(span.clone()),
+    );
+    // No panic is reachable from input (clippy denies unwrap; see RELIABILITY.md), but if one ever
+    // happens the client gets INTERNAL instead of a silently truncated stream.
     tokio::spawn(
         async move {
-            let _permit = permit;
-            metrics::gauge!(names::ACTIVE_STREAMS).increment(1.0);
-            session.run().await;
-            metrics::gauge!(names::ACTIVE_STREAMS).decrement(1.0);
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                metrics::counter!(names::STREAMS, "outcome" => "internal").increment(1);
+                tracing::error!("stream task panicked");
+                let _ = guard_tx.try_send(Err(Status::internal(
+                    "internal error: the stream's task failed; the audio sent was not fully processed",
+                )));
+            }
         }
         .instrument(span),
     );
     Ok(ResponseStream {
         rx,
         abort: Some(abort_rx),
+        summary_taken,
     })
+}
+
+/// Audio received in ms, rounded up (a label may end at the last, partial millisecond).
+fn audio_ceil_ms(spotter: &Spotter) -> u64 {
+    (spotter.frames_received() * 1000).div_ceil(u64::from(spotter.format().sample_rate()))
+}
+
+/// Holds a stream's admission permit and its `kws_active_streams` increment.
+struct Active(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Active {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(names::ACTIVE_STREAMS).increment(1.0);
+        Self(permit)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics::gauge!(names::ACTIVE_STREAMS).decrement(1.0);
+    }
 }
 
 /// The reply of the oldest pending job (never resolves if there is none).
@@ -279,12 +378,16 @@ struct Session {
     inbound: tonic::Streaming<v1::DetectRequest>,
     tx: mpsc::Sender<Result<v1::DetectResponse, Status>>,
     abort: Option<oneshot::Sender<Status>>,
+    summary_taken: Arc<tokio::sync::Notify>,
     deps: SessionDeps,
     opened: Instant,
     pending: VecDeque<Pending>,
     spare: Vec<Vec<f32>>,
     inflight_windows: usize,
     processed_ms: u64,
+    /// Audio already added to the received / processed totals (ms of the stream clock).
+    received_counted_ms: u64,
+    processed_counted_ms: u64,
     next_progress_ms: u64,
     behind: bool,
     events: u64,
@@ -296,8 +399,9 @@ struct Session {
 enum End {
     /// Half-close: finish and send the summary.
     Finished,
-    /// Grace period over during a drain: finish, send the summary, then UNAVAILABLE.
-    Drained,
+    /// Drain grace over, idle timeout or lifetime limit: finish, send the summary of what was
+    /// received, then end with this error (UNAVAILABLE or DEADLINE_EXCEEDED).
+    Closed(ServiceError),
     Error(ServiceError),
     /// The client went away (cancelled or connection lost): nothing more to send.
     Gone,
@@ -321,24 +425,45 @@ impl Session {
                 let _ = self.tx.send(Err(e.clone().into())).await;
                 e.outcome()
             }
-            End::Finished | End::Drained => match self.finish().await {
-                Ok(()) if matches!(end, End::Drained) => {
-                    let e = ServiceError::Draining;
-                    let _ = self.tx.send(Err(e.clone().into())).await;
-                    "unavailable"
+            End::Finished | End::Closed(_) => match self.finish().await {
+                Ok(delivered) => {
+                    if let End::Closed(e) = end {
+                        tracing::info!(error = %e, "stream closed by the server after its summary");
+                        let outcome = e.outcome();
+                        let _ = self.tx.send(Err(e.into())).await;
+                        outcome
+                    } else if delivered {
+                        "ok"
+                    } else {
+                        "cancelled"
+                    }
                 }
-                Ok(()) => "ok",
-                Err(e) => {
+                Err(End::Error(e)) => {
+                    tracing::info!(error = %e, "stream ended with error");
                     let code = Status::from(e.clone()).code();
-                    let _ = self.tx.send(Err(e.into())).await;
+                    match e {
+                        ServiceError::SlowReader(_) => {
+                            if let Some(a) = self.abort.take() {
+                                let _ = a.send(e.into());
+                            }
+                        }
+                        e => {
+                            let _ = self.tx.send(Err(e.into())).await;
+                        }
+                    }
                     outcome_of(code)
                 }
+                Err(_) => "cancelled",
             },
         };
+        let unprocessed_ms = self.received_counted_ms.saturating_sub(self.processed_counted_ms);
+        metrics::gauge!(names::AUDIO_UNPROCESSED, "model" => self.model.name.clone(), "outcome" => outcome)
+            .increment(unprocessed_ms as f64 / 1000.0);
         metrics::counter!(names::STREAMS, "outcome" => outcome).increment(1);
         tracing::info!(
             outcome,
             audio_ms = self.spotter.audio_ms_received(),
+            unprocessed_ms,
             events = self.events,
             "stream closed"
         );
@@ -369,18 +494,24 @@ impl Session {
         let mut phase = self.deps.phase.clone();
         loop {
             if *phase.borrow() == Phase::Closing {
-                return End::Drained;
+                return End::Closed(ServiceError::Draining);
             }
             let can_read = self.inflight_windows < server.max_inflight_windows;
             let mut head = self.pending.pop_front();
+            let tx = self.tx.clone();
             tokio::select! {
                 biased;
-                _ = &mut lifetime => return End::Error(ServiceError::Lifetime(server.max_stream_lifetime_ms)),
+                // The client reset the stream (or its connection died): stop working for it.
+                _ = tx.closed() => return End::Gone,
+                _ = &mut lifetime => {
+                    if let Some(h) = head { self.pending.push_front(h); }
+                    return End::Closed(ServiceError::Lifetime(server.max_stream_lifetime_ms));
+                }
                 changed = phase.changed() => {
                     if let Some(h) = head { self.pending.push_front(h); }
                     if changed.is_err() {
                         // The server is gone without a drain: finish like a drain.
-                        return End::Drained;
+                        return End::Closed(ServiceError::Draining);
                     }
                 }
                 r = reply(&mut head), if head.is_some() => {
@@ -398,13 +529,16 @@ impl Session {
                         Ok(None) => return End::Finished,
                         Err(status) => {
                             tracing::debug!(status = %status, "client stream error");
-                            return End::Gone;
+                            return match inbound_error(&status, server.max_chunk_bytes) {
+                                Some(e) => End::Error(e),
+                                None => End::Gone,
+                            };
                         }
                     }
                 }
                 _ = tokio::time::sleep_until((last_message + idle).into()), if can_read => {
                     if let Some(h) = head { self.pending.push_front(h); }
-                    return End::Error(ServiceError::Idle(server.idle_timeout_ms));
+                    return End::Closed(ServiceError::Idle(server.idle_timeout_ms));
                 }
             }
         }
@@ -435,22 +569,8 @@ impl Session {
 
     async fn audio(&mut self, data: Vec<u8>) -> Result<(), End> {
         let arrived = Instant::now();
-        let max = self.deps.server.max_chunk_bytes;
-        if data.is_empty() {
-            return Err(End::Error(ServiceError::InvalidAudio("empty audio chunk".into())));
-        }
-        if data.len() > max {
-            return Err(End::Error(ServiceError::InvalidAudio(format!(
-                "chunk of {} bytes exceeds the maximum of {max} bytes",
-                data.len()
-            ))));
-        }
         let format = self.spotter.format();
-        let frames = format
-            .validate(&data)
-            .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
-        let secs = frames as f64 / f64::from(format.sample_rate());
-        metrics::gauge!(names::AUDIO_RECEIVED, "model" => self.model.name.clone()).increment(secs);
+        check_chunk(&data, self.deps.server.max_chunk_bytes, &format).map_err(End::Error)?;
         let step = FRAMES_PER_STEP * format.frame_bytes();
         for (i, piece) in data.chunks(step).enumerate() {
             if i > 0 {
@@ -460,9 +580,30 @@ impl Session {
             self.spotter
                 .push_pcm(piece, &mut batch)
                 .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
+            self.count_received();
             self.submit(batch, arrived).await?;
         }
         self.check_behind().await
+    }
+
+    /// Add the audio received since the last call to the received total.
+    fn count_received(&mut self) {
+        let now = self.spotter.audio_ms_received();
+        if now > self.received_counted_ms {
+            metrics::gauge!(names::AUDIO_RECEIVED, "model" => self.model.name.clone())
+                .increment((now - self.received_counted_ms) as f64 / 1000.0);
+            self.received_counted_ms = now;
+        }
+    }
+
+    /// Add the audio processed up to `upto_ms` (never beyond what was received) to the processed total.
+    fn count_processed(&mut self, upto_ms: u64) {
+        let now = upto_ms.min(self.received_counted_ms);
+        if now > self.processed_counted_ms {
+            metrics::gauge!(names::AUDIO_PROCESSED, "model" => self.model.name.clone())
+                .increment((now - self.processed_counted_ms) as f64 / 1000.0);
+            self.processed_counted_ms = now;
+        }
     }
 
     /// Send the windows of `batch` to the batcher in jobs of at most `max_batch` windows.
@@ -570,9 +711,8 @@ impl Session {
                 .await?;
             }
         }
-        metrics::counter!(names::WINDOWS, "model" => model_label.clone()).increment(windows.len() as u64);
-        let scored_s = windows.len() as f64 * f64::from(self.resolved.stream.hop_frames) * 0.01;
-        metrics::gauge!(names::AUDIO_PROCESSED, "model" => model_label).increment(scored_s);
+        metrics::counter!(names::WINDOWS, "model" => model_label).increment(windows.len() as u64);
+        self.count_processed(self.processed_ms);
         self.recycle(result.features);
         if !trace.is_empty() {
             self.send(v1::DetectResponse {
@@ -622,29 +762,32 @@ impl Session {
         .await
     }
 
-    /// End of input: flush the pipeline, score the rest, send the summary.
-    async fn finish(&mut self) -> Result<(), ServiceError> {
+    /// End of input: flush the pipeline, score the rest, check the labels, send the summary. Returns
+    /// whether the summary reached the response buffer (false: the client is gone).
+    async fn finish(&mut self) -> Result<bool, End> {
         let mut batch = WindowBatch::with_buffer(self.spare.pop().unwrap_or_default());
         self.spotter
             .finish(&mut batch)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        if let Err(End::Error(e)) = self.submit(batch, Instant::now()).await {
-            return Err(e);
-        }
+            .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+        self.submit(batch, Instant::now()).await?;
         while let Some(p) = self.pending.pop_front() {
             let r =
                 p.rx.await
-                    .map_err(|_| ServiceError::Internal("scoring worker dropped a job".into()))?;
-            match self.apply(p.windows, p.arrived, r).await {
-                Ok(()) => {}
-                Err(End::Error(e)) => return Err(e),
-                Err(_) => return Ok(()),
-            }
+                    .map_err(|_| End::Error(ServiceError::Internal("scoring worker dropped a job".into())))?;
+            self.apply(p.windows, p.arrived, r).await?;
         }
         let processed_ms = self.spotter.audio_ms_processed();
+        // Every window is scored and the frontend has consumed every sample: all of it is processed.
+        self.count_processed(processed_ms);
+        let received_ms = self.spotter.audio_ms_received();
+        if let Some(e) = self.evaluator.label_beyond(audio_ceil_ms(&self.spotter)) {
+            return Err(End::Error(ServiceError::Protocol(format!(
+                "{e}, but the stream has {received_ms} ms of audio: labels must lie within the audio sent"
+            ))));
+        }
         let evaluation = self.evaluator.finish(processed_ms, &self.model.name);
         let summary = v1::Summary {
-            audio_ms_received: self.spotter.audio_ms_received(),
+            audio_ms_received: received_ms,
             audio_ms_processed: processed_ms,
             events: self.events,
             windows_scored: self.windows,
@@ -656,9 +799,20 @@ impl Session {
             })
             .await
         {
-            Ok(()) | Err(End::Gone) => Ok(()),
-            Err(End::Error(e)) => Err(e),
-            Err(_) => Ok(()),
+            Ok(()) => {}
+            Err(End::Gone) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        // tonic turns a client's RST_STREAM(CANCEL) into a plain end of input, so a cancelled call
+        // looks like a half-close until its response side is dropped: wait until the summary is
+        // taken (the call is alive) or the response side is gone (cancelled). A client that does not
+        // read finds the summary in its buffer later.
+        let wait = Duration::from_millis(self.deps.server.slow_reader_timeout_ms);
+        tokio::select! {
+            biased;
+            _ = self.summary_taken.notified() => Ok(true),
+            _ = self.tx.closed() => Ok(false),
+            _ = tokio::time::sleep(wait) => Ok(true),
         }
     }
 
@@ -672,5 +826,48 @@ impl Session {
             ))),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(End::Gone),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_errors_that_the_client_must_hear_about() {
+        let too_large = Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 5 bytes",
+        );
+        match inbound_error(&too_large, 1) {
+            Some(ServiceError::BadMessage(m)) => {
+                assert!(
+                    m.contains("found 9 bytes") && m.contains("largest accepted AudioChunk.data is 1 bytes")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let undecodable = Status::internal("failed to decode Protobuf message: invalid wire type");
+        assert!(matches!(
+            inbound_error(&undecodable, 1),
+            Some(ServiceError::BadMessage(_))
+        ));
+        // The client or its connection went away: nothing to tell it.
+        for gone in [
+            Status::cancelled("x"),
+            Status::unknown("h2 protocol error: connection reset"),
+            Status::internal("h2 protocol error: stream reset"),
+        ] {
+            assert!(inbound_error(&gone, 1).is_none(), "{gone:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_checks_name_the_limit() {
+        let fmt = PcmFormat::native_s16();
+        assert_eq!(check_chunk(&[0; 4], 4, &fmt), Ok(2));
+        let e = check_chunk(&[0; 6], 4, &fmt).expect_err("too large");
+        assert!(e.to_string().contains("exceeds the maximum of 4 bytes"), "{e}");
+        let e = check_chunk(&[], 4, &fmt).expect_err("empty");
+        assert!(e.to_string().contains("at least one frame (2 bytes)"), "{e}");
     }
 }

@@ -24,8 +24,16 @@ pub mod names {
     pub const STREAMS: &str = "kws_streams_total";
     /// Float total{model}: seconds of audio received from clients.
     pub const AUDIO_RECEIVED: &str = "kws_audio_received_seconds_total";
-    /// Float total{model}: seconds of audio whose windows were scored.
+    /// Float total{model}: seconds of audio processed: up to the end of the last scored window while a
+    /// stream runs, all of it once the stream is flushed. Equals received for streams that end
+    /// normally.
     pub const AUDIO_PROCESSED: &str = "kws_audio_processed_seconds_total";
+    /// Float total{model, outcome}: seconds of audio received but not processed, counted when a
+    /// stream ends (0 for streams that end normally: ok, or closed by a drain or time limit after
+    /// their summary). received == processed + unprocessed at all times between streams.
+    pub const AUDIO_UNPROCESSED: &str = "kws_audio_unprocessed_seconds_total";
+    /// Counter{result}: bearer-token reloads (ok, error).
+    pub const AUTH_RELOADS: &str = "kws_auth_reloads_total";
     /// Counter{model}: windows scored.
     pub const WINDOWS: &str = "kws_windows_scored_total";
     /// Counter{model, keyword}: keyword events sent.
@@ -40,7 +48,8 @@ pub mod names {
     pub const EVENT_LATENCY: &str = "kws_event_latency_seconds";
     /// Counter{model}: times a stream's unscored backlog crossed the `behind` threshold.
     pub const STREAMS_BEHIND: &str = "kws_streams_behind_total";
-    /// Counter{reason}: requests refused before a stream started (admission, draining, auth).
+    /// Counter{reason}: requests refused before a stream started (admission and load shedding:
+    /// resource_exhausted; draining: unavailable; auth: unauthenticated).
     pub const REJECTED: &str = "kws_rejected_total";
     /// Gauge{model, variant, version}: 1 for each model loaded and serving.
     pub const MODEL_LOADED: &str = "kws_model_loaded";
@@ -78,7 +87,17 @@ pub fn describe() {
     describe_gauge!(MAX_STREAMS, "Configured limit of concurrent Detect streams");
     describe_counter!(STREAMS, "Detect streams ended, by outcome");
     describe_gauge!(AUDIO_RECEIVED, Unit::Seconds, "Audio received from clients");
-    describe_gauge!(AUDIO_PROCESSED, Unit::Seconds, "Audio whose windows were scored");
+    describe_gauge!(
+        AUDIO_PROCESSED,
+        Unit::Seconds,
+        "Audio processed (scored, or flushed at the end of its stream)"
+    );
+    describe_gauge!(
+        AUDIO_UNPROCESSED,
+        Unit::Seconds,
+        "Audio received but not processed, by how its stream ended"
+    );
+    describe_counter!(AUTH_RELOADS, "Bearer-token reloads, by result");
     describe_counter!(WINDOWS, "Windows scored");
     describe_counter!(EVENTS, "Keyword events sent");
     describe_histogram!(BATCH_SIZE, "Windows per ONNX Runtime call");
