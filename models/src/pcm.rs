@@ -76,6 +76,11 @@ impl PcmFormat {
         }
     }
 
+    /// The same rate and channels with another encoding.
+    pub const fn with_encoding(self, encoding: Encoding) -> Self {
+        Self { encoding, ..self }
+    }
+
     pub const fn encoding(&self) -> Encoding {
         self.encoding
     }

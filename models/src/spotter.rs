@@ -251,8 +251,7 @@ impl Spotter {
     /// and channel count (the stream's encoding is ignored). Values must be finite.
     pub fn push_samples(&mut self, interleaved: &[f32], out: &mut WindowBatch) -> Result<usize, AudioError> {
         let bytes: Vec<u8> = interleaved.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let f32_format = PcmFormat::new(Encoding::F32Le, self.format.sample_rate(), self.format.channels())
-            .map_err(|_| AudioError::Empty)?;
+        let f32_format = self.format.with_encoding(Encoding::F32Le);
         let saved = std::mem::replace(&mut self.format, f32_format);
         let r = self.push_pcm(&bytes, out);
         self.format = saved;

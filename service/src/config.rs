@@ -58,6 +58,11 @@ pub struct ServerConfig {
     /// Windows a stream may have queued for scoring; beyond it the server stops reading that
     /// stream's audio (HTTP/2 flow control slows the client; nothing is dropped).
     pub max_inflight_windows: usize,
+    /// Optional plaintext listener serving only grpc.health.v1 (for probes when TLS or tokens are on).
+    pub health_listen: Option<SocketAddr>,
+    /// Connections stop taking new streams after this age (GOAWAY), so client-side load balancing
+    /// picks up new pods; 0 = never. Streams already open may run to their lifetime limit.
+    pub max_connection_age_ms: u64,
     /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches)
     /// exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
     /// makes the excess wait instead of making every admitted stream late. 0 = off.
@@ -87,6 +92,8 @@ impl Default for ServerConfig {
             behind_threshold_ms: 2_000,
             progress_interval_ms: 1_000,
             max_inflight_windows: 256,
+            health_listen: None,
+            max_connection_age_ms: 30 * 60 * 1000,
             shed_queue_wait_ms: 1_000,
             tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
@@ -237,6 +244,9 @@ pub struct Cli {
     pub listen: Option<SocketAddr>,
     #[arg(long, env = "KWS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Plaintext grpc.health.v1-only listener.
+    #[arg(long, env = "KWS_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     #[arg(long, env = "KWS_MAX_STREAMS")]
     pub max_streams: Option<usize>,
     #[arg(long, env = "KWS_MODELS_DIR")]
@@ -309,6 +319,9 @@ impl Config {
         let s = &mut self.server;
         set(&mut s.listen, cli.listen);
         set(&mut s.metrics_listen, cli.metrics_listen);
+        if cli.health_listen.is_some() {
+            s.health_listen = cli.health_listen;
+        }
         set(&mut s.max_streams, cli.max_streams);
         set(&mut s.drain_grace_ms, cli.drain_grace_ms);
         let m = &mut self.models;

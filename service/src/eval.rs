@@ -159,7 +159,13 @@ impl Evaluator {
                 ];
                 // Zero increments too: every (keyword, threshold) series exists once a stream was evaluated.
                 metrics::counter!(names::EVAL_TP, &lbl).increment(c.tp[k]);
-                metrics::counter!(names::EVAL_FP, &lbl).increment(c.fp[k]);
+                let fp_lbl = [
+                    lbl[0].clone(),
+                    lbl[1].clone(),
+                    lbl[2].clone(),
+                    ("kind", kind.to_string()),
+                ];
+                metrics::counter!(names::EVAL_FP, &fp_lbl).increment(c.fp[k]);
                 metrics::counter!(names::EVAL_FN, &lbl).increment(c.fn_[k]);
             }
         }

@@ -148,18 +148,21 @@ impl KeywordSpotting for KwsService {
                 "model {name:?} is not served; served models: {}",
                 self.registry.names()
             )))
-        })?;
-        Ok(Response::new(m.info.clone()))
+        });
+        counted("GetModelInfo", m.map(|m| Response::new(m.info.clone())))
     }
 
     async fn list_models(
         &self,
         _request: Request<v1::ListModelsRequest>,
     ) -> Result<Response<v1::ListModelsResponse>, Status> {
-        Ok(Response::new(v1::ListModelsResponse {
-            models: self.registry.all().map(|m| m.info.clone()).collect(),
-            default_model: self.registry.default_name().to_string(),
-        }))
+        counted(
+            "ListModels",
+            Ok(Response::new(v1::ListModelsResponse {
+                models: self.registry.all().map(|m| m.info.clone()).collect(),
+                default_model: self.registry.default_name().to_string(),
+            })),
+        )
     }
 
     async fn submit_feedback(
@@ -167,7 +170,8 @@ impl KeywordSpotting for KwsService {
         request: Request<v1::SubmitFeedbackRequest>,
     ) -> Result<Response<v1::SubmitFeedbackResponse>, Status> {
         let registry = self.registry.clone();
-        self.deps
+        let r = self
+            .deps
             .events
             .submit(&request.into_inner(), |model| {
                 registry
@@ -175,7 +179,18 @@ impl KeywordSpotting for KwsService {
                     .map(|m| m.manifest.keywords.clone())
                     .unwrap_or_default()
             })
-            .map_err(Status::from)?;
-        Ok(Response::new(v1::SubmitFeedbackResponse {}))
+            .map(|()| Response::new(v1::SubmitFeedbackResponse {}))
+            .map_err(Status::from);
+        counted("SubmitFeedback", r)
     }
+}
+
+/// Count a unary RPC's outcome in `kws_requests_total{method, code}`.
+fn counted<T>(method: &'static str, r: Result<T, Status>) -> Result<T, Status> {
+    let code = match &r {
+        Ok(_) => "ok",
+        Err(s) => crate::error::outcome_of(s.code()),
+    };
+    metrics::counter!(names::REQUESTS, "method" => method, "code" => code).increment(1);
+    r
 }

@@ -49,6 +49,15 @@ pub async fn serve(
         )),
         active: active.clone(),
     };
+    crate::telemetry::register_server();
+    for m in registry.all() {
+        crate::telemetry::register_model(
+            &m.name,
+            &m.manifest.keywords,
+            &m.manifest.default_thresholds(),
+            &deps.evaluation.grid_labels,
+        );
+    }
     let svc = KwsService {
         registry: Arc::new(registry),
         deps,
@@ -96,6 +105,30 @@ pub async fn serve(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // Plaintext gRPC health on its own port, for probes that can speak neither TLS nor tokens.
+    let health_only = match config.server.health_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.health_listen): {e}"))?;
+            tracing::info!(addr = %l.local_addr()?, "plaintext health endpoint");
+            let svc = health_service.clone();
+            Some(tokio::spawn(async move {
+                Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(TcpListenerStream::new(l))
+                    .await
+            }))
+        }
+        None => None,
+    };
+    if config.server.max_connection_age_ms > 0 {
+        // Clients reconnect periodically, so client-side balancing sees new pods; streams on an old
+        // connection may run to their lifetime limit before it closes.
+        builder = builder
+            .max_connection_age(Duration::from_millis(config.server.max_connection_age_ms))
+            .max_connection_age_grace(Duration::from_millis(config.server.max_stream_lifetime_ms));
+    }
     let served = builder
         .tcp_nodelay(true)
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
@@ -109,6 +142,9 @@ pub async fn serve(
         .await;
     if let Some(w) = watcher {
         w.abort();
+    }
+    if let Some(h) = health_only {
+        h.abort();
     }
     served?;
     Ok(())

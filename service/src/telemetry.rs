@@ -73,6 +73,78 @@ pub mod names {
     pub const EVAL_AUDIO: &str = "kws_eval_audio_seconds_total";
     /// Counter{model, keyword, verdict}: feedback received (correct, false_alarm, missed).
     pub const FEEDBACK: &str = "kws_feedback_total";
+    /// Gauge{model, keyword}: the model's recommended (operating) threshold of each keyword.
+    pub const KEYWORD_THRESHOLD: &str = "kws_keyword_threshold";
+    /// Counter{method, code}: unary RPCs (GetModelInfo, ListModels, SubmitFeedback) by status code.
+    pub const REQUESTS: &str = "kws_requests_total";
+}
+
+/// Every `outcome` label value of `kws_streams_total`.
+pub const OUTCOMES: &[&str] = &[
+    "ok",
+    "cancelled",
+    "invalid_argument",
+    "resource_exhausted",
+    "deadline_exceeded",
+    "unavailable",
+    "unauthenticated",
+    "not_found",
+    "internal",
+];
+/// Every `reason` label value of `kws_rejected_total`.
+pub const REJECT_REASONS: &[&str] = &["resource_exhausted", "unavailable", "unauthenticated"];
+/// Every `verdict` label value of `kws_feedback_total`.
+pub const VERDICTS: &[&str] = &["correct", "false_alarm", "missed"];
+/// Every `kind` label value of the evaluation series.
+pub const EVAL_KINDS: &[&str] = &["labelled", "negative"];
+
+/// Create every bounded series of a served model at zero, so the first increment after a start is
+/// seen by `rate()`/`increase()` (a series born with a value is invisible to them), and export the
+/// operating thresholds.
+pub fn register_model(model: &str, keywords: &[String], thresholds: &[f32], grid_labels: &[String]) {
+    use names::*;
+    for (kw, th) in keywords.iter().zip(thresholds) {
+        metrics::gauge!(KEYWORD_THRESHOLD, "model" => model.to_string(), "keyword" => kw.clone())
+            .set(f64::from(*th));
+        metrics::counter!(EVENTS, "model" => model.to_string(), "keyword" => kw.clone()).increment(0);
+        for v in VERDICTS {
+            metrics::counter!(FEEDBACK, "model" => model.to_string(), "keyword" => kw.clone(), "verdict" => *v)
+                .increment(0);
+        }
+        for t in grid_labels {
+            let lbl = [
+                ("model", model.to_string()),
+                ("keyword", kw.clone()),
+                ("threshold", t.clone()),
+            ];
+            metrics::counter!(EVAL_TP, &lbl).increment(0);
+            metrics::counter!(EVAL_FN, &lbl).increment(0);
+            for kind in EVAL_KINDS {
+                let lbl = [
+                    ("model", model.to_string()),
+                    ("keyword", kw.clone()),
+                    ("threshold", t.clone()),
+                    ("kind", (*kind).to_string()),
+                ];
+                metrics::counter!(EVAL_FP, &lbl).increment(0);
+            }
+        }
+    }
+    for kind in EVAL_KINDS {
+        metrics::gauge!(EVAL_AUDIO, "model" => model.to_string(), "kind" => *kind).increment(0.0);
+    }
+    metrics::counter!(WINDOWS, "model" => model.to_string()).increment(0);
+    metrics::counter!(STREAMS_BEHIND, "model" => model.to_string()).increment(0);
+}
+
+/// Create the server-wide bounded series at zero (see [`register_model`]).
+pub fn register_server() {
+    for o in OUTCOMES {
+        metrics::counter!(names::STREAMS, "outcome" => *o).increment(0);
+    }
+    for r in REJECT_REASONS {
+        metrics::counter!(names::REJECTED, "reason" => *r).increment(0);
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -145,6 +217,11 @@ pub fn describe() {
         "Evaluation: audio of labelled / negative streams"
     );
     describe_counter!(FEEDBACK, "Feedback received, by verdict");
+    describe_gauge!(
+        KEYWORD_THRESHOLD,
+        "Operating (recommended) detection threshold per keyword"
+    );
+    describe_counter!(REQUESTS, "Unary RPCs by method and status code");
 }
 
 /// Install the Prometheus recorder and spawn its HTTP listener on the current tokio runtime.

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     r = load_recipe_from_json(a.run / "recipe.json")
     name = a.name or a.model_dir.name
-    net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout)
+    net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout, cmn=r.cmn)
     net.load_state_dict(torch.load(a.run / "model.pt", weights_only=True))
     net.eval()
     folded = fold_bn(net)
@@ -311,17 +311,23 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, onnxruntime "
                        f"{__import__('onnxruntime').__version__}, 1 intra-op thread",
             "onnx_vs_pytorch_max_abs_diff": max_diff,
-            "accuracy": {s: {k: {"keyword_acc": round(v[k]["keyword_acc"], 4), "acc": round(v[k]["acc"], 4),
+            "accuracy": {s: {k: {"keyword_acc": _num(v[k]["keyword_acc"]), "acc": _num(v[k]["acc"]),
                                  "n": v[k]["n"]} for k in ("fp32", "int8")} for s, v in metrics.items()},
             "latency": latency,
         },
     }
-    (a.model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    (a.model_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n",
+                                               encoding="utf-8")
     report = {s: {k: {"confusion": v[k]["confusion"], "recall": v[k]["recall"]} for k in ("fp32", "int8")}
               for s, v in metrics.items()}
     (a.run / "export_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     for s, v in metrics.items():
         print(f"\n{s} (fp32) confusion:\n{format_confusion(v['fp32']['confusion'])}")
+
+
+def _num(v: float) -> float | None:
+    """A metric for JSON: rounded, or null when undefined (e.g. keyword accuracy of a silence-only set)."""
+    return None if v != v else round(float(v), 4)
 
 
 def load_recipe_from_json(path: Path) -> Recipe:

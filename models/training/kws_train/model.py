@@ -40,8 +40,9 @@ class Block(nn.Module):
 
 class TCResNet(nn.Module):
     def __init__(self, arch: str = "tc-resnet8", num_classes: int = 12, num_mfcc: int = 40,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, cmn: bool = False):
         super().__init__()
+        self.cmn = cmn
         channels, width = ARCHS[arch]
         ch = [int(c * width) for c in channels]
         self.stem = nn.Sequential(conv_bn(num_mfcc, ch[0], 3), nn.ReLU())
@@ -51,6 +52,11 @@ class TCResNet(nn.Module):
 
     def forward(self, features):
         """features [N, 98, 40] (time-major MFCC) -> logits [N, 12]."""
+        if self.cmn:
+            # Cepstral mean normalization over the window, inside the graph (the frontend is fixed):
+            # removes stationary channel colouring; c0 (loudness) is kept as is.
+            rest = features[:, :, 1:]
+            features = torch.cat([features[:, :, :1], rest - rest.mean(dim=1, keepdim=True)], dim=2)
         x = self.blocks(self.stem(features.transpose(1, 2)))
         return self.fc(self.dropout(x.mean(dim=2)))
 

@@ -26,6 +26,7 @@ class Recipe:
     weight_decay: float = 1e-3  # not applied to BatchNorm and biases
     dropout: float = 0.5
     label_smoothing: float = 0.0
+    cmn: bool = False  # cepstral mean normalization over the window, inside the model
     # Data: engines trained on, and families held out for testing (never trained on).
     engines: list[str] = dataclasses.field(default_factory=lambda: [
         "espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"])

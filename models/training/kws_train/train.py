@@ -122,7 +122,7 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
         f"{sorted({m['engine'] for m in train_clips.meta})}; held out {r.holdout_families}")
     sampler = BatchSampler(train_clips, bg, r, rng)
     frontend = TorchFrontend()
-    net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout)
+    net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout, cmn=r.cmn)
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         (no_decay if p.ndim == 1 else decay).append(p)  # BN weights/biases and linear bias
