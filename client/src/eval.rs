@@ -103,6 +103,9 @@ struct ManifestLine {
     negative: bool,
     #[serde(default)]
     labels: Vec<FileLabel>,
+    /// Free-form provenance (voice, background, ...) a corpus generator may attach; not interpreted.
+    #[serde(default, rename = "meta")]
+    _meta: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -100,11 +100,8 @@ async fn server_and_local_give_identical_reports() {
     for p in points {
         assert_eq!(p["tp"].as_u64().unwrap() + p["fn"].as_u64().unwrap(), 4);
     }
-    // Recall cannot rise and false alarms cannot grow with the threshold.
-    for w in points.windows(2) {
-        assert!(w[1]["tp"].as_u64() <= w[0]["tp"].as_u64());
-        assert!(w[1]["fp"].as_u64() <= w[0]["fp"].as_u64());
-    }
+    // (Counts need not be monotonic in the threshold: with a refractory period, a low threshold's
+    // early event can suppress a later one that a higher threshold reports.)
     // At a low threshold the model finds the stream's keywords (its shipped events do at 0.3).
     assert!(points[1]["tp"].as_u64().unwrap() >= 3, "{}", points[1]);
     let yes = remote["keywords"]
@@ -171,5 +168,53 @@ async fn det_without_a_font_is_drawn_without_text() {
     .unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("drawn without text"), "{}", stderr(&out));
+    assert_eq!(&std::fs::read(&det).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+/// The committed slice of the evaluation corpus (`models/eval-slice`, made by
+/// `python -m kws_train.evalcorpus --slice`): keywords spliced between sentences over noise/music,
+/// and negative speech/music. Checks the report's bookkeeping against the manifest itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_on_the_corpus_slice() {
+    let slice = repo().join("models").join("eval-slice");
+    let manifest = slice.join("manifest.jsonl");
+    let rows: Vec<Value> = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let labels: u64 = rows.iter().map(|r| r["labels"].as_array().map_or(0, |a| a.len() as u64)).sum();
+    let audio_ms: u64 = rows.iter().map(|r| (r["meta"]["seconds"].as_f64().unwrap() * 1000.0).round() as u64).sum();
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("slice.json");
+    let det = dir.path().join("det.png");
+    let out = kws_client(
+        args(&[
+            "eval",
+            &path_arg(&manifest),
+            "--local",
+            "--model-dir",
+            &path_arg(&model_dir()),
+            "--ort-lib",
+            &path_arg(&ort_lib()),
+            "--json",
+            &path_arg(&json_path),
+            "--det",
+            &path_arg(&det),
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(r["files"].as_u64(), Some(rows.len() as u64));
+    assert_eq!(r["overall"]["labels"].as_u64(), Some(labels));
+    assert!(r["audio_ms"].as_u64().unwrap().abs_diff(audio_ms) <= rows.len() as u64, "{} vs {audio_ms}", r["audio_ms"]);
+    let points = r["overall"]["points"].as_array().unwrap();
+    assert!(
+        points.iter().all(|p| p["tp"].as_u64().unwrap() + p["fn"].as_u64().unwrap() == labels),
+        "every label is a hit or a miss at every threshold"
+    );
+    assert!(points[0]["tp"].as_u64().unwrap() >= labels / 2, "the model finds keywords in the slice: {}", points[0]);
     assert_eq!(&std::fs::read(&det).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
 }

@@ -7,7 +7,8 @@ kept out. Each stream has one voice (engine, accent/variant, rate, pitch) for al
 one background (noise colour, music, or both) at an SNR of 5-25 dB (some streams nearly clean).
 
 Output (under --out, not committed):
-    manifest.jsonl   {"wav", "negative", "labels": [{"keyword", "start_ms", "end_ms"}], "engine", "voice", ...}
+    manifest.jsonl   {"wav", "negative", "labels": [{"keyword", "start_ms", "end_ms"}],
+                      "meta": {"engine", "voice", "background", "snr_db", "seconds"}}
     pos/NNNN.wav, neg/NNNN.wav   16 kHz mono s16
 Usage: python -m kws_train.evalcorpus --out data/evalcorpus [--pos-minutes 22] [--neg-minutes 130]
        python -m kws_train.evalcorpus --out ../evalcorpus-slice --slice   (the small committed slice)
@@ -200,16 +201,18 @@ def main(argv: list[str] | None = None) -> None:
         for kind, i, y, meta in pool.imap(_job, [(k, i, s, sp, a.data, sents, variants) for k, i, s, sp in jobs]):
             rel = f"{kind}/{i:05d}.wav"
             write_wav(a.out / rel, y)
-            rows.append({"wav": rel, **meta, "seconds": round(len(y) / SAMPLE_RATE, 3)})
+            info = {k: v for k, v in meta.items() if k not in ("negative", "labels")}
+            info["seconds"] = round(len(y) / SAMPLE_RATE, 3)
+            rows.append({"wav": rel, "negative": meta["negative"], "labels": meta["labels"], "meta": info})
             print(f"{rel}: {rows[-1]['seconds']} s, {len(meta['labels'])} labels", flush=True)
     with open(a.out / "manifest.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     pos = [r for r in rows if not r["negative"]]
     neg = [r for r in rows if r["negative"]]
-    print(json.dumps({"positive_minutes": round(sum(r["seconds"] for r in pos) / 60, 1),
+    print(json.dumps({"positive_minutes": round(sum(r["meta"]["seconds"] for r in pos) / 60, 1),
                       "keywords": sum(len(r["labels"]) for r in pos),
-                      "negative_minutes": round(sum(r["seconds"] for r in neg) / 60, 1)}))
+                      "negative_minutes": round(sum(r["meta"]["seconds"] for r in neg) / 60, 1)}))
 
 
 if __name__ == "__main__":
