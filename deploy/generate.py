@@ -80,7 +80,7 @@ def operating_points() -> tuple[str, list[str]]:
     grid = [f32(t) for t in cfg.get("evaluation", {}).get("thresholds", [])] or default_grid()
     budgets = tomllib.loads(BUDGETS.read_text())
     notes: list[str] = []
-    info, fa, recall = [], [], []
+    info, exact, fa, recall = [], [], [], []
     for spec in serve:
         name, _, _variant = spec.partition(":")
         manifest = json.loads((ROOT / "models" / name / "manifest.json").read_text())
@@ -93,6 +93,7 @@ def operating_points() -> tuple[str, list[str]]:
                     f"using the nearest grid point {grid_label(nearest)}"
                 )
             info.append({"model": spec, "keyword": kw, "threshold": grid_label(nearest)})
+            exact.append(({"model": spec, "keyword": kw}, t))
             b = dict(budgets.get("default", {}))
             b.update(budgets.get("keywords", {}).get(kw, {}))
             b.update(budgets.get("models", {}).get(spec, {}).get("keywords", {}).get(kw, {}))
@@ -101,6 +102,9 @@ def operating_points() -> tuple[str, list[str]]:
             recall.append((point, float(b["recall"])))
 
     rules = [{"record": "kws:operating_threshold:info", "expr": "vector(1)", "labels": lbl} for lbl in info]
+    rules += [
+        {"record": "kws:operating_threshold:generated", "expr": f"vector({t:g})", "labels": lbl} for lbl, t in exact
+    ]
     rules += [
         {"record": "kws:false_alarms_per_hour:budget", "expr": f"vector({v:g})", "labels": lbl} for lbl, v in fa
     ]
@@ -113,6 +117,8 @@ def operating_points() -> tuple[str, list[str]]:
         "# threshold as the grid label of the kws_eval_* counters; join on (model, keyword, threshold) to read\n"
         "# a quality series at the operating point. The budgets (same labels) feed the quality alerts\n"
         "# (kws-alerts.yml) and the dashboard's operating-point table.\n"
+        "# kws:operating_threshold:generated{model, keyword} is the manifest's threshold itself: the alert\n"
+        "# KwsOperatingPointsStale compares it with the kws_keyword_threshold the pods export.\n"
     )
     header += "".join(f"# NOTE: {n}\n" for n in notes)
     body = dump({"groups": [{"name": "kws-operating-points", "rules": rules}]})

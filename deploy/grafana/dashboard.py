@@ -12,6 +12,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 UID = "kws-overview"
 SEL = 'model=~"$model"'
 SELK = 'model=~"$model", keyword=~"$keyword"'
+NEG = 'kind="negative"'
 
 
 class Layout:
@@ -110,13 +111,13 @@ def build() -> dict:
     # ---------------------------------------------------------------------------------------------
     lay.row("Detection quality — evaluated traffic (labelled + known-negative streams)")
     lay.add(timeseries(
-        "False alarms per hour at the operating threshold",
-        "Are keywords firing on audio where nobody said them more often than we accept? False alarms "
-        "(detections matching no label) per hour of evaluated audio — labelled and known-negative "
-        "streams together — at each keyword's operating threshold (the model's threshold, "
-        "kws:operating_threshold:info), over the last hour. The `threshold` in the legend is the "
-        "operating point.",
-        [target(f"model_keyword:kws_eval_false_alarms_per_hour:operating_ratio_rate1h{{{SELK}}}",
+        "False alarms per hour at the operating threshold (known-negative audio)",
+        "Are keywords firing on audio where nobody said them more often than we accept? Detections per "
+        "hour of known-negative audio (streams sent with known_negative, where every detection is a "
+        "false alarm) at each keyword's operating threshold (the model's threshold, "
+        "kws:operating_threshold:info), over the last hour: what the KwsFalseAlarmsAboveBudget alert "
+        "uses. The `threshold` in the legend is the operating point. No known-negative traffic, no line.",
+        [target(f"model_keyword_kind:kws_eval_false_alarms_per_hour:operating_ratio_rate1h{{{SELK}, {NEG}}}",
                 "{{keyword}} @ {{threshold}} ({{model}})")],
         unit="short"), 12, 8)
     lay.add(timeseries(
@@ -129,28 +130,34 @@ def build() -> dict:
     lay.add(table(
         "Operating point per keyword (last hour) vs budget",
         "Which keywords are outside their budget right now? Per keyword at its operating threshold: "
-        "false alarms per hour, recall and precision over the last hour, next to the budgets the "
-        "alerts use (deploy/prometheus/operating-points.toml).",
-        [target(f"model_keyword:kws_eval_false_alarms_per_hour:operating_ratio_rate1h{{{SELK}}}", ref="A",
-                instant=True, fmt="table"),
+        "false alarms per hour of known-negative audio, recall and precision over the last hour, next to "
+        "the budgets the alerts use (deploy/prometheus/operating-points.toml), and for comparison the "
+        "false alarms per hour of all evaluated (labelled + negative) audio.",
+        [target(f"sum without (kind) (model_keyword_kind:kws_eval_false_alarms_per_hour:operating_ratio_rate1h"
+                f"{{{SELK}, {NEG}}})", ref="A", instant=True, fmt="table"),
          target(f"kws:false_alarms_per_hour:budget{{{SELK}}}", ref="B", instant=True, fmt="table"),
          target(f"model_keyword:kws_eval_recall:operating_ratio_rate1h{{{SELK}}}", ref="C", instant=True,
                 fmt="table"),
          target(f"kws:recall:budget{{{SELK}}}", ref="D", instant=True, fmt="table"),
          target(f"model_keyword:kws_eval_precision:operating_ratio_rate1h{{{SELK}}}", ref="E", instant=True,
-                fmt="table")],
-        {"Value #A": "FA/h", "Value #B": "FA/h budget", "Value #C": "recall", "Value #D": "recall budget",
-         "Value #E": "precision"},
-        {"FA/h": "short", "FA/h budget": "short", "recall": "percentunit", "recall budget": "percentunit",
-         "precision": "percentunit"}), 24, 8)
+                fmt="table"),
+         target(f"model_keyword:kws_eval_false_alarms_per_hour:operating_ratio_rate1h{{{SELK}}}", ref="F",
+                instant=True, fmt="table")],
+        {"Value #A": "FA/h (negative)", "Value #B": "FA/h budget", "Value #C": "recall",
+         "Value #D": "recall budget", "Value #E": "precision", "Value #F": "FA/h (all evaluated)"},
+        {"FA/h (negative)": "short", "FA/h budget": "short", "recall": "percentunit",
+         "recall budget": "percentunit", "precision": "percentunit", "FA/h (all evaluated)": "short"}), 24, 8)
 
     tp = f"sum by (threshold) (increase(kws_eval_true_positives_total{{{SELK}}}[$__range]))"
     fp = f"sum by (threshold) (increase(kws_eval_false_positives_total{{{SELK}}}[$__range]))"
     fn = f"sum by (threshold) (increase(kws_eval_false_negatives_total{{{SELK}}}[$__range]))"
+    fp_neg = f"sum by (threshold) (increase(kws_eval_false_positives_total{{{SELK}, {NEG}}}[$__range]))"
     audio = f"(sum(increase(kws_eval_audio_seconds_total{{{SEL}}}[$__range])) > 0)"
+    audio_neg = f"(sum(increase(kws_eval_audio_seconds_total{{{SEL}, {NEG}}}[$__range])) > 0)"
     precision = f"{tp} / (({tp} + {fp}) > 0)"
     recall = f"{tp} / (({tp} + {fn}) > 0)"
     fa_h = f"3600 * {fp} / on () group_left () {audio}"
+    fa_h_neg = f"3600 * {fp_neg} / on () group_left () {audio_neg}"
     lay.add(barchart(
         "Precision and recall vs threshold",
         "Where should the threshold be? Precision and recall at every threshold of the evaluation grid, "
@@ -161,30 +168,37 @@ def build() -> dict:
         {"Value #A": "precision", "Value #B": "recall"}, "percentunit"), 12, 9)
     lay.add(barchart(
         "False alarms per hour vs threshold",
-        "What false-alarm rate would each threshold give? False alarms per hour of evaluated audio at "
-        "every grid threshold, over the dashboard's time range, summed over the selected keywords "
-        "(= false wake-ups per hour if all of them are enabled).",
-        [target(fa_h, ref="A", instant=True, fmt="table")],
-        {"Value #A": "false alarms / h"}, "short"), 12, 9)
+        "What false-alarm rate would each threshold give? False alarms per hour of known-negative audio "
+        "(and, for comparison, of all evaluated audio) at every grid threshold, over the dashboard's "
+        "time range, summed over the selected keywords (= false wake-ups per hour if all of them are "
+        "enabled).",
+        [target(fa_h_neg, ref="A", instant=True, fmt="table"),
+         target(fa_h, ref="B", instant=True, fmt="table")],
+        {"Value #A": "negative audio", "Value #B": "all evaluated audio"}, "short"), 12, 9)
     lay.add(table(
         "Threshold table (dashboard time range)",
-        "The numbers behind the two curves, with the evidence: detections, false alarms and labelled "
-        "occurrences counted at each threshold over the dashboard's time range, selected keywords together.",
+        "The numbers behind the two curves, with the evidence: false alarms (on known-negative audio and "
+        "in total) and labelled occurrences counted at each threshold over the dashboard's time range, "
+        "selected keywords together.",
         [target(precision, ref="A", instant=True, fmt="table"),
          target(recall, ref="B", instant=True, fmt="table"),
-         target(fa_h, ref="C", instant=True, fmt="table"),
-         target(fp, ref="D", instant=True, fmt="table"),
-         target(f"{tp} + {fn}", ref="E", instant=True, fmt="table")],
-        {"Value #A": "precision", "Value #B": "recall", "Value #C": "FA/h", "Value #D": "false alarms",
-         "Value #E": "labelled occurrences"},
-        {"precision": "percentunit", "recall": "percentunit", "FA/h": "short", "false alarms": "none",
+         target(fa_h_neg, ref="C", instant=True, fmt="table"),
+         target(fa_h, ref="D", instant=True, fmt="table"),
+         target(fp_neg, ref="E", instant=True, fmt="table"),
+         target(fp, ref="F", instant=True, fmt="table"),
+         target(f"{tp} + {fn}", ref="G", instant=True, fmt="table")],
+        {"Value #A": "precision", "Value #B": "recall", "Value #C": "FA/h (negative)",
+         "Value #D": "FA/h (all evaluated)", "Value #E": "false alarms (negative)",
+         "Value #F": "false alarms (all)", "Value #G": "labelled occurrences"},
+        {"precision": "percentunit", "recall": "percentunit", "FA/h (negative)": "short",
+         "FA/h (all evaluated)": "short", "false alarms (negative)": "none", "false alarms (all)": "none",
          "labelled occurrences": "none"}), 24, 9)
     lay.add(timeseries(
         "False alarms per hour and recall at threshold $threshold",
         "How would the keywords do at another threshold, over time? The same last-hour false alarms "
-        "per hour (left axis) and recall (right axis) at the threshold chosen in the `threshold` "
-        "variable instead of each keyword's operating threshold.",
-        [target(f'model_keyword_threshold:kws_eval_false_alarms_per_hour:ratio_rate1h{{{SELK}, '
+        "per hour of known-negative audio (left axis) and recall (right axis) at the threshold chosen in "
+        "the `threshold` variable instead of each keyword's operating threshold.",
+        [target(f'model_keyword_threshold_kind:kws_eval_false_alarms_per_hour:ratio_rate1h{{{SELK}, {NEG}, '
                 f'threshold="$threshold"}}', "FA/h {{keyword}} ({{model}})", ref="A"),
          target(f'model_keyword_threshold:kws_eval_recall:ratio_rate1h{{{SELK}, threshold="$threshold"}}',
                 "recall {{keyword}} ({{model}})", ref="B")],
@@ -278,10 +292,13 @@ def build() -> dict:
     lay.add(timeseries(
         "Errors by status",
         "What goes wrong, and whose fault is it? Streams that ended with a non-OK gRPC status (per "
-        "second, by status), and streams refused before they started by reason (resource_exhausted: "
-        "at max_streams; unavailable: draining; unauthenticated).",
+        "second, by status), streams refused before they started by reason (resource_exhausted: "
+        "at max_streams; unavailable: draining; unauthenticated), and unary RPCs (GetModelInfo, "
+        "ListModels, SubmitFeedback) that failed, by method and status (not_found: unknown model or "
+        "expired event id).",
         [target('outcome:kws_streams:rate5m{outcome!="ok"}', "ended: {{outcome}}", ref="A"),
-         target("reason:kws_rejected:rate5m", "refused: {{reason}}", ref="B")],
+         target("reason:kws_rejected:rate5m", "refused: {{reason}}", ref="B"),
+         target('method_code:kws_requests:rate5m{code!="ok"}', "{{method}}: {{code}}", ref="C")],
         unit="reqps"), 8, 8)
     lay.add(timeseries(
         "Streams falling behind",
@@ -344,7 +361,7 @@ def build() -> dict:
             {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
              "current": {}, "hide": 0, "refresh": 1, "regex": "", "options": []},
             variable("model", "Model", "label_values(kws_model_loaded, model)", multi=True),
-            variable("keyword", "Keyword", 'label_values(kws:operating_threshold:info{model=~"$model"}, keyword)',
+            variable("keyword", "Keyword", 'label_values(kws_keyword_threshold{model=~"$model"}, keyword)',
                      multi=True),
             variable("threshold", "Threshold", 'label_values(kws_eval_false_positives_total{model=~"$model"}, '
                      "threshold)", multi=False, default="0.50"),

@@ -6,8 +6,9 @@
   Kubernetes (1.30: the preStop `sleep` action) and the newest bundled one.
 - prometheus-operator objects (PodMonitor, PrometheusRule) and Kustomizations have no bundled schema:
   their structure and references are checked here instead.
-- Consistency: selectors, ports, probe service name vs the proto, termination grace vs drain grace,
-  the sizing formula (deploy/README.md) vs resources/max_streams/HPA target, Dockerfile vs ConfigMap.
+- Consistency: selectors, ports, probes on the plaintext health listener, probe service name vs the
+  proto, termination grace vs drain grace, connection age, the sizing formula (deploy/README.md) vs
+  resources/max_streams/HPA target, Dockerfile vs ConfigMap.
 - Dashboard lint: ids, grid, datasource variable everywhere, variables defined, descriptions; every
   panel and every alert is described in deploy/README.md.
 """
@@ -105,13 +106,18 @@ def main() -> int:
     # Ports and probes vs the service configuration and the proto.
     listen_port = int(cfg["server"]["listen"].rsplit(":", 1)[1])
     metrics_port = int(cfg["server"]["metrics_listen"].rsplit(":", 1)[1])
+    health_listen = cfg["server"].get("health_listen")
+    check(health_listen is not None, "configmap sets server.health_listen (plaintext probes, TLS-proof)")
+    health_port = int(health_listen.rsplit(":", 1)[1]) if health_listen else listen_port
     check(ports.get("grpc") == listen_port, "container port grpc = configmap server.listen port")
     check(ports.get("metrics") == metrics_port, "container port metrics = configmap server.metrics_listen port")
+    check(ports.get("health") == health_port, "container port health = configmap server.health_listen port")
+    check(len({listen_port, metrics_port, health_port}) == 3, "gRPC, metrics and health ports differ")
     proto = (ROOT / "proto" / "kws" / "v1" / "kws.proto").read_text()
     service_name = (re.search(r"^package\s+([\w.]+);", proto, re.M).group(1) + "."
                     + re.search(r"^service\s+(\w+)", proto, re.M).group(1))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        check(c[probe]["grpc"]["port"] == listen_port, f"{probe} uses gRPC health on the gRPC port")
+        check(c[probe]["grpc"]["port"] == health_port, f"{probe} uses gRPC health on the health port")
     check(c["readinessProbe"]["grpc"].get("service") == service_name,
           f"readinessProbe checks {service_name} (NOT_SERVING while draining)")
 
@@ -121,6 +127,10 @@ def main() -> int:
     closing = 10
     check(pod["spec"]["terminationGracePeriodSeconds"] >= pre_stop + drain + closing + 5,
           f"terminationGracePeriodSeconds >= preStop {pre_stop} + drain {drain:g} + closing {closing} + 5 s")
+    # Connections are recycled, so clients balancing through kws-headless find pods added later
+    # (service default 30 min; 0 = never).
+    age_ms = cfg["server"].get("max_connection_age_ms", 30 * 60 * 1000)
+    check(0 < age_ms <= 30 * 60 * 1000, f"server.max_connection_age_ms {age_ms} recycles connections (<= 30 min)")
 
     # Sizing formula (deploy/README.md "Sizing").
     a = dep["metadata"]["annotations"]
@@ -160,9 +170,12 @@ def main() -> int:
     # Dockerfile vs configuration.
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
     expose = {int(p) for p in re.search(r"^EXPOSE (.+)$", dockerfile, re.M).group(1).split()}
-    check(expose == {listen_port, metrics_port}, "Dockerfile EXPOSE = configmap ports")
-    check(f"-service={service_name}" in dockerfile and f"-addr=127.0.0.1:{listen_port}" in dockerfile,
-          "Dockerfile HEALTHCHECK probes the KeywordSpotting service on the gRPC port")
+    check(expose == {listen_port, metrics_port, health_port}, "Dockerfile EXPOSE = configmap ports")
+    check(f"-service={service_name}" in dockerfile and f"-addr=127.0.0.1:{health_port}" in dockerfile,
+          "Dockerfile HEALTHCHECK probes the KeywordSpotting service on the health port")
+    # The image's KWS_* variables override the config file: they must say what the ConfigMap says.
+    check(f"KWS_HEALTH_LISTEN={health_listen}" in dockerfile, "image KWS_HEALTH_LISTEN = configmap server.health_listen")
+    check(f"KWS_LOG_FORMAT={cfg['log']['format']}" in dockerfile, "image KWS_LOG_FORMAT = configmap log.format")
     for m in re.finditer(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
         for src in m.group(1).split()[:-1]:
             check(src == "." or (ROOT / src).exists(), f"Dockerfile COPY source {src} exists")

@@ -3,18 +3,20 @@
 
 On 127.0.0.1 with free ports:
   1. kws-service with the Kubernetes ConfigMap's configuration (deploy/k8s/configmap.yaml; listen
-     addresses, models dir and a small max_streams overridden by flags);
+     addresses (gRPC, metrics, health), models dir and a small max_streams overridden by flags);
   2. Prometheus (Debian's `prometheus`) with deploy/prometheus/prometheus.yml and its rule files: the
      only change is Kubernetes discovery -> a static target carrying the same __meta_kubernetes_*
      labels (so the job's relabelling runs as in a cluster), 1 s scrape and evaluation intervals;
   3. a workload through gRPC (stubs generated from proto/ now): labelled streams of the golden
      stream.wav with its keyword labels, known-negative streams (silence and a non-keyword), feedback,
      plus the events the dashboard shows as errors: an invalid config, streams refused at the stream
-     limit, a stream sent in one chunk (falls behind), a cancelled stream;
+     limit, a stream sent in one chunk (falls behind), a cancelled stream, a unary RPC that fails;
 then it asks Prometheus (HTTP API) for every PromQL expression of the recording rules, the Grafana
 dashboard (targets and template variables, with the variables substituted) and the prometheus-adapter
 rule, and fails on any error or empty result (JUSTIFIED_EMPTY lists the exceptions, with the reason).
 Alert expressions must evaluate without error (they are allowed to be empty: nothing should fire).
+It also checks the plaintext health listener the probes use, and that the operating thresholds the
+service exports (kws_keyword_threshold) are the ones GetModelInfo reports and the generated rules hold.
 
 Every process it starts is stopped on exit, on error and on SIGINT/SIGTERM; the whole run is bounded
 by --timeout (SIGALRM).
@@ -215,6 +217,13 @@ class Workload:
 
     def invalid(self) -> None:
         self.detect(iter([self.config(sample_rate_hz=7000)]), "invalid-config", grpc.StatusCode.INVALID_ARGUMENT)
+        # A failing unary RPC (kws_requests_total{code="not_found"}, shown in `Errors by status`).
+        try:
+            self.stub.GetModelInfo(self.pb.GetModelInfoRequest(model="no-such-model"), timeout=10)
+            self.errors.append("GetModelInfo of an unknown model succeeded")
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                self.errors.append(f"GetModelInfo of an unknown model: {e.code().name}, expected NOT_FOUND")
 
     def one_chunk(self) -> None:
         """The whole file in one message: received far ahead of scoring, the stream reports `behind`."""
@@ -278,18 +287,24 @@ class Workload:
             t.join(60)
 
     def feedback(self) -> None:
-        """Reviewers' verdicts: the golden stream's `yes` is right, its `no` (the word "note") a false alarm."""
+        """Reviewers' verdicts: an event of a labelled keyword is right; a false alarm of the golden stream
+        is marked as one (if the model makes none, another event is: the service only counts verdicts);
+        a missed `go`."""
         pb = self.pb
+        labelled = {l["label"] for l in self.labels}
         with self.lock:
-            by_keyword = {kw: eid for eid, kw in self.events}
+            right = [eid for eid, kw in self.events if kw in labelled]
+            wrong = [eid for eid, kw in self.events if kw not in labelled]
             streams = list(self.stream_ids)
-        if not {"yes", "no"} <= by_keyword.keys() or not streams:
-            self.errors.append(f"feedback: no 'yes'/'no' events ({sorted(by_keyword)}) or streams so far")
+        others = wrong or right[1:]
+        if not right or not others or not streams:
+            self.errors.append(f"feedback: not enough events ({len(right)} right, {len(wrong)} wrong) "
+                               f"or streams ({len(streams)}) so far")
             return
         self.stub.SubmitFeedback(pb.SubmitFeedbackRequest(
-            verdict=pb.EventVerdict(event_id=by_keyword["yes"], verdict=pb.VERDICT_CORRECT)), timeout=10)
+            verdict=pb.EventVerdict(event_id=right[0], verdict=pb.VERDICT_CORRECT)), timeout=10)
         self.stub.SubmitFeedback(pb.SubmitFeedbackRequest(
-            verdict=pb.EventVerdict(event_id=by_keyword["no"], verdict=pb.VERDICT_FALSE_ALARM, note="e2e")),
+            verdict=pb.EventVerdict(event_id=others[-1], verdict=pb.VERDICT_FALSE_ALARM, note="e2e")),
             timeout=10)
         self.stub.SubmitFeedback(pb.SubmitFeedbackRequest(
             missed=pb.MissedKeyword(stream_id=streams[-1], keyword="go", start_ms=0, end_ms=1000)), timeout=10)
@@ -473,7 +488,7 @@ def main() -> int:
     service = None
     try:
         pb, pb_grpc = load_stubs(tmp)
-        grpc_port, metrics_port, prom_port = free_port(), free_port(), free_port()
+        grpc_port, metrics_port, health_port, prom_port = free_port(), free_port(), free_port(), free_port()
 
         # kws-service, configured by the Kubernetes ConfigMap.
         cm = yaml.safe_load(CONFIGMAP.read_text())
@@ -489,7 +504,7 @@ def main() -> int:
         service = procs.start("kws-service", [
             args.service_bin, "--config", str(config), "--models-dir", str(ROOT / "models"),
             "--listen", f"127.0.0.1:{grpc_port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
-            "--max-streams", str(MAX_STREAMS)], service_log, env)
+            "--health-listen", f"127.0.0.1:{health_port}", "--max-streams", str(MAX_STREAMS)], service_log, env)
 
         # Prometheus with the repo's scrape config and rules.
         prom_cfg = prometheus_config(tmp, metrics_port)
@@ -516,6 +531,22 @@ def main() -> int:
             st = health.Check(health_pb2.HealthCheckRequest(service=svc), timeout=10).status
             checks.ok(st == health_pb2.HealthCheckResponse.SERVING, f"grpc health '{svc}' is SERVING",
                       health_pb2.HealthCheckResponse.ServingStatus.Name(st))
+        # The plaintext health-only listener (server.health_listen) the Kubernetes probes and the image's
+        # HEALTHCHECK use: the same statuses, and nothing but health.
+        health_channel = grpc.insecure_channel(f"127.0.0.1:{health_port}")
+        grpc.channel_ready_future(health_channel).result(timeout=30)
+        for svc in ("", "kws.v1.KeywordSpotting"):
+            st = health_pb2_grpc.HealthStub(health_channel).Check(
+                health_pb2.HealthCheckRequest(service=svc), timeout=10).status
+            checks.ok(st == health_pb2.HealthCheckResponse.SERVING, f"health listener: '{svc}' is SERVING",
+                      health_pb2.HealthCheckResponse.ServingStatus.Name(st))
+        try:
+            pb_grpc.KeywordSpottingStub(health_channel).ListModels(pb.ListModelsRequest(), timeout=10)
+            checks.ok(False, "health listener serves only grpc.health.v1", "ListModels answered")
+        except grpc.RpcError as e:
+            checks.ok(e.code() == grpc.StatusCode.UNIMPLEMENTED, "health listener serves only grpc.health.v1",
+                      e.code().name)
+        health_channel.close()
 
         work = Workload(pb, pb_grpc, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{metrics_port}/metrics")
         # The generated operating points must be the thresholds the service reports (rounded to the grid).
@@ -570,8 +601,28 @@ def main() -> int:
             checks.ok(bool(result), f"{src}: no series", f"expr: {expr}")
         print(f"queries: {len(exprs)} expressions checked ({empty_allowed_seen} allowed empty)", flush=True)
 
+        # The operating thresholds the service exports are GetModelInfo's, and the generated rules agree
+        # with them (the KwsOperatingPointsStale expression is empty on real data).
+        result, err = api.query("kws_keyword_threshold")
+        exported = {(r["metric"]["model"], r["metric"]["keyword"]): float(r["value"][1]) for r in result or []}
+        for kw in info.keywords:
+            got = exported.get((info.name, kw))
+            checks.ok(got is not None and abs(got - info.thresholds[kw]) < 1e-6,
+                      f"kws_keyword_threshold of {info.name} '{kw}'", f"{got} vs GetModelInfo {info.thresholds[kw]}")
+        stale = next(r["expr"] for g in yaml.safe_load((PROM_DIR / "rules" / "kws-alerts.yml").read_text())["groups"]
+                     for r in g["rules"] if r.get("alert") == "KwsOperatingPointsStale")
+        result, err = api.query(stale)
+        checks.ok(result == [] and not err, "KwsOperatingPointsStale expression is empty (generated = exported)",
+                  err or str(result))
+        # False positives are counted by kind, both kinds present (registered at zero at start-up).
+        result, err = api.query("count by (kind) (kws_eval_false_positives_total)")
+        kinds = sorted(r["metric"].get("kind", "") for r in result or [])
+        checks.ok(kinds == ["labelled", "negative"], "kws_eval_false_positives_total has kind labelled/negative",
+                  err or str(kinds))
+
         # For the log: a few of the numbers the dashboard would show for this run.
-        for expr in ("model_keyword:kws_eval_false_alarms_per_hour:operating_ratio_rate1h",
+        for expr in ('model_keyword_kind:kws_eval_false_alarms_per_hour:operating_ratio_rate1h{kind="negative"}',
+                     "model_keyword:kws_eval_false_alarms_per_hour:operating_ratio_rate1h",
                      "model_keyword:kws_eval_recall:operating_ratio_rate1h",
                      "job:kws_cpu_seconds_per_audio_second:ratio_rate5m",
                      'model:kws_event_latency_seconds:histogram_quantile_rate5m{quantile="0.99"}',
