@@ -12,7 +12,7 @@ use kws_models::{
 use serde::{Deserialize, Serialize};
 
 /// The shipped models the parity tests cover.
-pub const MODELS: &[&str] = &["tc-resnet8"];
+pub const MODELS: &[&str] = &["tc-resnet8", "tc-resnet14-1.5"];
 
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
