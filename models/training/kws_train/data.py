@@ -159,16 +159,66 @@ def _mulaw(x: np.ndarray) -> np.ndarray:
     return (np.sign(y) * ((1 + mu) ** np.abs(y) - 1) / mu).astype(np.float32)
 
 
+def word_run(centre: np.ndarray | None, left: list[np.ndarray], right: list[np.ndarray],
+             gap_ms: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
+    """Words joined by random pauses, as in a sentence: `left` words, `centre`, `right` words.
+
+    Returns the run and the [start, end) sample span of `centre` in it (of the whole run when
+    `centre` is None).
+    """
+    def gap() -> np.ndarray:
+        return np.zeros(int(rng.uniform(*gap_ms) * SAMPLE_RATE / 1000), dtype=np.float32)
+
+    parts: list[np.ndarray] = []
+    for w in left:
+        parts += [w, gap()]
+    a = sum(len(x) for x in parts)
+    if centre is not None:
+        parts.append(centre)
+    b = sum(len(x) for x in parts)
+    for w in right:
+        parts += [gap(), w]
+    run = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    return (run, a, b) if centre is not None else (run, 0, len(run))
+
+
+def place_span(run: np.ndarray, a: int, b: int, shift_ms: float, rng: np.random.Generator) -> np.ndarray:
+    """A 1-s window of `run` with its span [a, b) centred ± shift (what falls outside is cropped)."""
+    out = np.zeros(SAMPLE_RATE, dtype=np.float32)
+    shift = int(rng.uniform(-shift_ms, shift_ms) * SAMPLE_RATE / 1000)
+    start = (SAMPLE_RATE - (b - a)) // 2 + shift - a  # window sample 0 = run sample -start
+    lo, hi = max(0, start), min(SAMPLE_RATE, start + len(run))
+    if hi > lo:
+        out[lo:hi] = run[lo - start:hi - start]
+    return out
+
+
 def make_window(clip: np.ndarray | None, bg: dict[str, np.ndarray], cfg: AugmentConfig,
-                rng: np.random.Generator) -> np.ndarray:
-    """A 1-s training window: a placed, gain-scaled clip over background (None = `_silence_`)."""
+                rng: np.random.Generator, context: tuple[list[np.ndarray], list[np.ndarray]] | None = None,
+                gap_ms: tuple[float, float] = (20.0, 250.0), run_crop: bool = False) -> np.ndarray:
+    """A 1-s training window: a placed, gain-scaled clip over background (None = `_silence_`).
+
+    With `context` (words before, words after) the clip is said inside a run of words of the same
+    voice; with `run_crop` the window is a random 1-s stretch of that run instead of centred on the clip.
+    """
     if clip is None:
         x = background_window(bg, cfg, rng) * rng.uniform(0, cfg.silence_volume_max)
         return np.clip(x, -1, 1)
-    if rng.random() < cfg.speed_p:
-        clip = speed_warp(clip, rng.uniform(*cfg.speed_range))
+    warp = rng.uniform(*cfg.speed_range) if rng.random() < cfg.speed_p else None
+    if warp is not None:
+        clip = speed_warp(clip, warp)
     gain = 10 ** (rng.uniform(*cfg.gain_db) / 20)
-    fg = place(clip, cfg.shift_ms, rng) * gain
+    if context is None:
+        fg = place(clip, cfg.shift_ms, rng) * gain
+    else:
+        left, right = ([speed_warp(w, warp) for w in ws] if warp is not None else ws for ws in context)
+        run, a, b = word_run(clip, left, right, gap_ms, rng)
+        if run_crop:
+            a = int(rng.integers(0, max(1, len(run) - SAMPLE_RATE + 1)))
+            b = a + min(SAMPLE_RATE, len(run))
+            fg = place_span(run, a, b, 0.0, rng) * gain
+        else:
+            fg = place_span(run, a, b, cfg.shift_ms, rng) * gain
     if rng.random() < cfg.eq_p:
         fg = _biquad_eq(fg, rng)
     if rng.random() < cfg.background_p:

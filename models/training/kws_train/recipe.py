@@ -37,6 +37,11 @@ class Recipe:
     silence_share: float = 1.0
     unknown_keyword_like: bool = True  # keep unknown words that share a keyword's onset/rhyme
     partial_keyword_p: float = 0.0  # share of unknown windows that are a cut-off keyword
+    # Continuous speech: keywords between other words of the same voice, and `_unknown_` windows cut
+    # from runs of several words (what a 1-s window of a sentence looks like).
+    context_p: float = 0.0  # share of keyword windows with neighbouring words on both sides
+    unknown_run_p: float = 0.0  # share of unknown windows cut from a run of 3-6 words
+    context_gap_ms: tuple[float, float] = (20.0, 250.0)  # pause between words
     # Feature-space augmentation.
     specaug_p: float = 0.0
     specaug_time_masks: int = 2

@@ -48,6 +48,10 @@ class BatchSampler:
         self.train, self.bg, self.r, self.rng = train, bg, r, rng
         labels = train.labels()
         self.by_class = {c: np.nonzero(labels == LABEL_INDEX[c])[0] for c in KEYWORDS + [UNKNOWN]}
+        self.unknown_by_engine: dict[str, np.ndarray] = {}
+        for j in self.by_class[UNKNOWN]:
+            self.unknown_by_engine.setdefault(train.meta[j]["engine"], []).append(j)
+        self.unknown_by_engine = {e: np.array(v) for e, v in self.unknown_by_engine.items()}
         w = np.array([1.0] * len(KEYWORDS) + [r.silence_share, r.unknown_share])
         self.classes = KEYWORDS + [SILENCE, UNKNOWN]
         self.p = w / w.sum()
@@ -57,16 +61,32 @@ class BatchSampler:
         xs, ys = [], []
         for c in cls:
             name = self.classes[c]
+            context, run_crop = None, False
             if name == SILENCE:
                 clip = None
             elif name == UNKNOWN and self.rng.random() < self.r.partial_keyword_p:
                 clip = self.partial_keyword()
             else:
-                clip = self.train.audio[self.rng.choice(self.by_class[name])]
-            xs.append(make_window(clip, self.bg, self.r.augment, self.rng))
+                i = self.rng.choice(self.by_class[name])
+                clip = self.train.audio[i]
+                if name == UNKNOWN and self.rng.random() < self.r.unknown_run_p:
+                    n = int(self.rng.integers(2, 6))  # 3-6 words in all
+                    k = int(self.rng.integers(0, n + 1))
+                    context, run_crop = self.neighbours(i, k, n - k), True
+                elif name != UNKNOWN and self.rng.random() < self.r.context_p:
+                    context = self.neighbours(i, int(self.rng.integers(1, 3)), int(self.rng.integers(1, 3)))
+            xs.append(make_window(clip, self.bg, self.r.augment, self.rng, context,
+                                  self.r.context_gap_ms, run_crop))
             ys.append(LABEL_INDEX[name])
         return np.stack(xs), np.array(ys, dtype=np.int64)
 
+
+    def neighbours(self, i: int, n_left: int, n_right: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Unknown words said by the same engine and voice family as clip `i` (one speaker per run)."""
+        m = self.train.meta[i]
+        pool = self.unknown_by_engine.get(m["engine"], self.by_class[UNKNOWN])
+        pick = lambda n: [self.train.audio[j] for j in self.rng.choice(pool, n)]  # noqa: E731
+        return pick(n_left), pick(n_right)
 
     def partial_keyword(self) -> np.ndarray:
         """The first or last 30-60 % of a random keyword clip: not a keyword, but close to one."""
