@@ -183,8 +183,14 @@ async fn eval_on_the_corpus_slice() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let labels: u64 = rows.iter().map(|r| r["labels"].as_array().map_or(0, |a| a.len() as u64)).sum();
-    let audio_ms: u64 = rows.iter().map(|r| (r["meta"]["seconds"].as_f64().unwrap() * 1000.0).round() as u64).sum();
+    let labels: u64 = rows
+        .iter()
+        .map(|r| r["labels"].as_array().map_or(0, |a| a.len() as u64))
+        .sum();
+    let audio_ms: u64 = rows
+        .iter()
+        .map(|r| (r["meta"]["seconds"].as_f64().unwrap() * 1000.0).round() as u64)
+        .sum();
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("slice.json");
     let det = dir.path().join("det.png");
@@ -209,12 +215,22 @@ async fn eval_on_the_corpus_slice() {
     let r: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
     assert_eq!(r["files"].as_u64(), Some(rows.len() as u64));
     assert_eq!(r["overall"]["labels"].as_u64(), Some(labels));
-    assert!(r["audio_ms"].as_u64().unwrap().abs_diff(audio_ms) <= rows.len() as u64, "{} vs {audio_ms}", r["audio_ms"]);
+    assert!(
+        r["audio_ms"].as_u64().unwrap().abs_diff(audio_ms) <= rows.len() as u64,
+        "{} vs {audio_ms}",
+        r["audio_ms"]
+    );
     let points = r["overall"]["points"].as_array().unwrap();
     assert!(
-        points.iter().all(|p| p["tp"].as_u64().unwrap() + p["fn"].as_u64().unwrap() == labels),
+        points
+            .iter()
+            .all(|p| p["tp"].as_u64().unwrap() + p["fn"].as_u64().unwrap() == labels),
         "every label is a hit or a miss at every threshold"
     );
-    assert!(points[0]["tp"].as_u64().unwrap() >= labels / 2, "the model finds keywords in the slice: {}", points[0]);
+    assert!(
+        points[0]["tp"].as_u64().unwrap() >= labels / 2,
+        "the model finds keywords in the slice: {}",
+        points[0]
+    );
     assert_eq!(&std::fs::read(&det).unwrap()[..8], b"\x89PNG\r\n\x1a\n");
 }
