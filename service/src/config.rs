@@ -97,7 +97,7 @@ impl Default for ServerConfig {
             shed_queue_wait_ms: 1_000,
             tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
-            event_retention_max: 1_000_000,
+            event_retention_max: 200_000,
         }
     }
 }

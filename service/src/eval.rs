@@ -11,9 +11,13 @@ use kws_proto::v1;
 use crate::session::Resolved;
 use crate::telemetry::names;
 
-/// At most this many grid events are kept per stream (~1.6 MB); beyond it the grid stops collecting
-/// and the stream's counters cover only the audio before that point.
-pub const MAX_GRID_EVENTS: usize = 100_000;
+/// At most this many grid events (one per firing per grid threshold, 16 bytes each) are kept per
+/// stream, and as many of the stream's own events: ≤ 640 KB per stream with `Vec` growth slack.
+/// Every stream collects them (labels may arrive after the audio they describe). The soak measured
+/// ~0.5 KB of growth per event on a keyword-dense stream, so a long stream of conversation reaches the
+/// cap after some hours; beyond it the grid stops collecting and the stream's counters cover only the
+/// audio before that point.
+pub const MAX_GRID_EVENTS: usize = 20_000;
 /// At most this many labels per stream.
 pub const MAX_LABELS: usize = 100_000;
 

@@ -1,8 +1,9 @@
 //! Recently sent events and streams, so reviewers' feedback can be resolved and counted.
 //!
 //! Event ids stay resolvable for `event_retention_ms` (default 24 h) or until `event_retention_max`
-//! newer events have been sent (default 1 000 000, ~150 MB at most), whichever comes first; stream
-//! ids likewise. Older ids answer NOT_FOUND.
+//! newer events have been sent (default 200 000; an entry holds the id twice, model and keyword:
+//! a few hundred bytes with map overhead, an estimate, so well under 100 MB), whichever comes first;
+//! stream ids likewise. Older ids answer NOT_FOUND.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
