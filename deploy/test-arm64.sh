@@ -20,7 +20,9 @@ cd "$root"
 "$root/deploy/setup-arm64.sh"
 
 export KWS_PARITY_DIR=${KWS_PARITY_DIR:-$root/target/parity}
+# Each build loads its own architecture's ONNX Runtime: KWS_ORT_LIB (which `make` exports for the
+# host) must not leak into the aarch64 run.
 echo "test-arm64: x86-64 reference (arch_parity)"
-cargo test -p kws-models --test arch_parity
+KWS_ORT_LIB="$root/.ort/x86_64/libonnxruntime.so" cargo test -p kws-models --test arch_parity
 echo "test-arm64: aarch64 tests under qemu"
-cargo test -p kws-models --target aarch64-unknown-linux-gnu "$@"
+KWS_ORT_LIB="$root/.ort/aarch64/libonnxruntime.so" cargo test -p kws-models --target aarch64-unknown-linux-gnu "$@"
