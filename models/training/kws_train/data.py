@@ -159,12 +159,11 @@ def _mulaw(x: np.ndarray) -> np.ndarray:
     return (np.sign(y) * ((1 + mu) ** np.abs(y) - 1) / mu).astype(np.float32)
 
 
-def word_run(centre: np.ndarray | None, left: list[np.ndarray], right: list[np.ndarray],
+def word_run(centre: np.ndarray, left: list[np.ndarray], right: list[np.ndarray],
              gap_ms: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, int, int]:
     """Words joined by random pauses, as in a sentence: `left` words, `centre`, `right` words.
 
-    Returns the run and the [start, end) sample span of `centre` in it (of the whole run when
-    `centre` is None).
+    Returns the run and the [start, end) sample span of `centre` in it.
     """
     def gap() -> np.ndarray:
         return np.zeros(int(rng.uniform(*gap_ms) * SAMPLE_RATE / 1000), dtype=np.float32)
@@ -173,13 +172,11 @@ def word_run(centre: np.ndarray | None, left: list[np.ndarray], right: list[np.n
     for w in left:
         parts += [w, gap()]
     a = sum(len(x) for x in parts)
-    if centre is not None:
-        parts.append(centre)
-    b = sum(len(x) for x in parts)
+    parts.append(centre)
+    b = a + len(centre)
     for w in right:
         parts += [gap(), w]
-    run = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-    return (run, a, b) if centre is not None else (run, 0, len(run))
+    return np.concatenate(parts), a, b
 
 
 def place_span(run: np.ndarray, a: int, b: int, shift_ms: float, rng: np.random.Generator) -> np.ndarray:

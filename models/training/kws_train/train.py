@@ -69,11 +69,12 @@ class BatchSampler:
             else:
                 i = self.rng.choice(self.by_class[name])
                 clip = self.train.audio[i]
-                if name == UNKNOWN and self.rng.random() < self.r.unknown_run_p:
+                # Draw only when the option is on, so recipes without it keep their random stream.
+                if name == UNKNOWN and self.r.unknown_run_p > 0 and self.rng.random() < self.r.unknown_run_p:
                     n = int(self.rng.integers(2, 6))  # 3-6 words in all
                     k = int(self.rng.integers(0, n + 1))
                     context, run_crop = self.neighbours(i, k, n - k), True
-                elif name != UNKNOWN and self.rng.random() < self.r.context_p:
+                elif name != UNKNOWN and self.r.context_p > 0 and self.rng.random() < self.r.context_p:
                     context = self.neighbours(i, int(self.rng.integers(1, 3)), int(self.rng.integers(1, 3)))
             xs.append(make_window(clip, self.bg, self.r.augment, self.rng, context,
                                   self.r.context_gap_ms, run_crop))
@@ -82,7 +83,7 @@ class BatchSampler:
 
 
     def neighbours(self, i: int, n_left: int, n_right: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Unknown words said by the same engine and voice family as clip `i` (one speaker per run)."""
+        """Unknown words said by the same engine as clip `i` (espeak: any of its voices)."""
         m = self.train.meta[i]
         pool = self.unknown_by_engine.get(m["engine"], self.by_class[UNKNOWN])
         pick = lambda n: [self.train.audio[j] for j in self.rng.choice(pool, n)]  # noqa: E731
