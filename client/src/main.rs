@@ -468,7 +468,9 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                     "thresholds": thresholds.into_iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
                     "window_ms": m.window_ms, "default_hop_ms": m.default_hop_ms,
                     "default_smoothing_ms": m.default_smoothing_ms, "default_refractory_ms": m.default_refractory_ms,
-                    "params": m.params, "flops": m.flops, "sha256": m.sha256, "is_default": m.is_default})
+                    "params": m.params, "flops": m.flops, "sha256": m.sha256, "is_default": m.is_default,
+                    "runtime": m.runtime.as_ref().map(|r| json!({"cpu_arch": r.cpu_arch,
+                        "cpu_features": r.cpu_features, "int8_kernels": r.int8_kernels}))})
             })
             .collect();
         println!("{}", json!({"default_model": default, "models": list}));
@@ -503,6 +505,12 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
             println!(
                 "  frontend: {} Hz, {} MFCC from {} mel bands ({}-{} Hz)",
                 f.sample_rate_hz, f.num_mfcc, f.num_mel, f.mel_low_hz, f.mel_high_hz
+            );
+        }
+        if let Some(r) = &m.runtime {
+            println!(
+                "  server CPU: {} ({}), int8 kernels {}",
+                r.cpu_arch, r.cpu_features, r.int8_kernels
             );
         }
     }

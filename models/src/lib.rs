@@ -20,11 +20,13 @@
 //! - [`decoder`]: posteriors to events.
 //! - [`scorer`]: the [`Scorer`] trait and [`OnnxScorer`] (feature `onnx`, on by default).
 //! - [`manifest`]: model manifests and their checks.
+//! - [`cpu`]: which int8 kernels ONNX Runtime picks on this CPU (for logs and model info).
 //! - [`eval`]: matching detections to ground truth, decoding at a grid of thresholds.
 //! - [`spotter`]: the per-stream pipeline.
 
 #![forbid(unsafe_code)]
 
+pub mod cpu;
 pub mod decoder;
 pub mod error;
 pub mod eval;

@@ -203,5 +203,16 @@ pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
         flops: m.flops,
         sha256: m.files.get(variant).map(|f| f.sha256.clone()).unwrap_or_default(),
         is_default: false,
+        runtime: Some(runtime_info()),
+    }
+}
+
+/// The CPU this process scores on, as reported in `ModelInfo.runtime`.
+pub fn runtime_info() -> v1::Runtime {
+    let cpu = kws_models::cpu::detect();
+    v1::Runtime {
+        cpu_arch: cpu.arch.to_string(),
+        cpu_features: cpu.features_string(),
+        int8_kernels: cpu.int8_kernels.as_str().to_string(),
     }
 }

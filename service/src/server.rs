@@ -50,6 +50,11 @@ pub async fn serve(
         active: active.clone(),
     };
     crate::telemetry::register_server();
+    let cpu = kws_models::cpu::detect();
+    // Logged once at start: the int8 kernel family decides the int8 models' arithmetic, so it is
+    // the first thing to compare when two pods score the same audio differently.
+    tracing::info!(cpu_arch = cpu.arch, cpu_features = %cpu.features_string(),
+        int8_kernels = %cpu.int8_kernels, "ONNX Runtime CPU kernels");
     for m in registry.all() {
         crate::telemetry::register_model(
             &m.name,

@@ -77,6 +77,9 @@ pub mod names {
     pub const KEYWORD_THRESHOLD: &str = "kws_keyword_threshold";
     /// Counter{method, code}: unary RPCs (GetModelInfo, ListModels, SubmitFeedback) by status code.
     pub const REQUESTS: &str = "kws_requests_total";
+    /// Gauge{cpu_arch, int8_kernels}: always 1; the CPU and the int8 kernel family ONNX Runtime
+    /// uses on it (an info metric: two pods that score differently can be told apart by it).
+    pub const RUNTIME_INFO: &str = "kws_runtime_info";
 }
 
 /// Every `outcome` label value of `kws_streams_total`.
@@ -145,6 +148,9 @@ pub fn register_server() {
     for r in REJECT_REASONS {
         metrics::counter!(names::REJECTED, "reason" => *r).increment(0);
     }
+    let cpu = kws_models::cpu::detect();
+    metrics::gauge!(names::RUNTIME_INFO, "cpu_arch" => cpu.arch, "int8_kernels" => cpu.int8_kernels.as_str())
+        .set(1.0);
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -157,6 +163,10 @@ pub fn describe() {
     use names::*;
     describe_gauge!(ACTIVE_STREAMS, "Detect streams in progress");
     describe_gauge!(MAX_STREAMS, "Configured limit of concurrent Detect streams");
+    describe_gauge!(
+        RUNTIME_INFO,
+        "Always 1: the CPU architecture and the int8 kernel family ONNX Runtime uses on it"
+    );
     describe_counter!(STREAMS, "Detect streams ended, by outcome");
     describe_gauge!(AUDIO_RECEIVED, Unit::Seconds, "Audio received from clients");
     describe_gauge!(

@@ -274,6 +274,12 @@ async fn model_info_and_list() {
     );
     assert_eq!(info.params, 65_180);
     assert_eq!(info.frontend.unwrap().num_mfcc, 40);
+    // The runtime block says which CPU and int8 kernels this server scores with.
+    let cpu = kws_models::cpu::detect();
+    let rt = info.runtime.expect("ModelInfo.runtime");
+    assert_eq!(rt.cpu_arch, std::env::consts::ARCH);
+    assert_eq!(rt.int8_kernels, cpu.int8_kernels.as_str());
+    assert_eq!(rt.cpu_features, cpu.features_string());
     let e = c
         .get_model_info(v1::GetModelInfoRequest { model: "nope".into() })
         .await
