@@ -26,6 +26,8 @@ FAMILIES = {
     "festival-ru": "ru", "festival-ca-ona": "ca-ona",
     # The Hindi, Marathi and Telugu voices are one speaker ("NSK": byte-identical diphones).
     "festival-hi": "nsk", "festival-mr": "nsk", "festival-te": "nsk",
+    # GnuSpeech: one articulatory model behind all four voices (male, female, large_child, baby).
+    "gnuspeech": "gnuspeech",
 }
 MUSIC = ["macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"]
 NOISES = ["whitenoise", "pinknoise", "brownnoise"]
