@@ -66,6 +66,54 @@ def load_clips(data: Path, engines: list[str]) -> Clips:
     return Clips(audio, meta)
 
 
+@dataclasses.dataclass
+class Tracks:
+    """Long negative-speech tracks (`negspeech.py`): int16 16 kHz audio (kept as int16: hours of it)."""
+
+    audio: list[np.ndarray]
+    meta: list[dict]
+
+    def select(self, keep) -> "Tracks":
+        idx = [i for i, m in enumerate(self.meta) if keep(m)]
+        return Tracks([self.audio[i] for i in idx], [self.meta[i] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def load_negspeech(data: Path, engines: list[str]) -> Tracks:
+    """Tracks of `engines` under data/negspeech (engines without tracks are skipped)."""
+    audio, meta = [], []
+    for engine in engines:
+        path = data / "negspeech" / f"{engine}.npz"
+        if not path.exists():
+            continue
+        z = np.load(path)
+        pcm, off = z["audio"], z["offsets"]
+        lines = (data / "negspeech" / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            m = json.loads(line)
+            m["family"] = FAMILIES[engine]
+            meta.append(m)
+            audio.append(pcm[off[i]:off[i + 1]])
+    return Tracks(audio, meta)
+
+
+NEGATIVE_CROP_S = 1.2  # a crop this long survives the speed warp (x1.15) as a full 1-s window
+
+
+def negative_crop(tracks: Tracks, rng: np.random.Generator) -> np.ndarray:
+    """A 1.2-s stretch of negative speech at a random offset (tracks weighted by length)."""
+    lens = np.array([len(a) for a in tracks.audio], dtype=np.float64)
+    n = int(NEGATIVE_CROP_S * SAMPLE_RATE)
+    i = int(rng.choice(len(lens), p=lens / lens.sum()))
+    x = tracks.audio[i]
+    if len(x) <= n:
+        return x.astype(np.float32) / 32768.0
+    start = int(rng.integers(0, len(x) - n + 1))
+    return x[start:start + n].astype(np.float32) / 32768.0
+
+
 def load_background(data: Path) -> dict[str, np.ndarray]:
     return {name: np.load(data / "background" / f"{name}.npy") for name in NOISES + MUSIC}
 

@@ -1,0 +1,145 @@
+"""Negative speech: generated texts, track plans, the sampler's negative windows, recipe keys and the
+weighted / hard-example loss. Parts needing wamerican, TTS engines or torch skip when those are absent.
+"""
+
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TRAINING = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TRAINING))
+
+from kws_train import KEYWORDS, UNKNOWN  # noqa: E402
+from kws_train.data import LABEL_INDEX, Clips, Tracks, negative_crop  # noqa: E402
+from kws_train.lexicon import keywords_in, near_words_in  # noqa: E402
+from kws_train.recipe import Recipe, load_recipe  # noqa: E402
+
+HAS_WORDS = Path("/usr/share/dict/words").exists()
+CONFIGS = sorted((TRAINING / "configs").rglob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(TRAINING / "configs")))
+def test_shipped_recipes_leave_negatives_off(path):
+    r = load_recipe(path)
+    assert (r.negative_share, r.negative_weight, r.hard_threshold, r.negative_engines) == (0.0, 1.0, 0.0, None)
+
+
+def test_recipe_keys_load(tmp_path):
+    (tmp_path / "r.toml").write_text('extends = "%s"\nnegative_share = 0.6\nnegative_weight = 2.0\n'
+                                     'hard_threshold = 0.3\nhard_start = 0.25\nnegative_engines = ["espeak"]\n'
+                                     % (TRAINING / "configs" / "tc-resnet8.toml").as_posix())
+    r = load_recipe(tmp_path / "r.toml")
+    assert (r.negative_share, r.negative_weight, r.hard_threshold, r.hard_start) == (0.6, 2.0, 0.3, 0.25)
+    assert r.negative_engines == ["espeak"] and r.steps == 12000
+
+
+def test_negative_crop_is_random_and_in_range():
+    rng = np.random.default_rng(0)
+    a = (np.arange(16000 * 10) % 30000).astype(np.int16)
+    b = np.full(16000 * 2, 1000, np.int16)
+    t = Tracks([a, b], [{"engine": "espeak"}, {"engine": "gnuspeech"}])
+    crops = [negative_crop(t, rng) for _ in range(200)]
+    assert all(len(c) == 19200 and c.dtype == np.float32 for c in crops)
+    starts = {int(round(c[0] * 32768)) for c in crops if c[0] * 32768 != 1000}
+    assert len(starts) > 50  # many offsets
+    from_b = sum(np.all(c == 1000 / 32768) for c in crops)
+    assert 10 < from_b < 80  # weighted by length: ~1/6 of the crops
+
+
+@pytest.mark.skipif(not HAS_WORDS, reason="wamerican not installed")
+def test_generated_sentences_are_keyword_free():
+    from kws_train.textgen import lexicon, sentences
+
+    tr, va = lexicon("train", phonetic=False), lexicon("val", phonetic=False)
+    assert not set(tr["noun"]) & set(va["noun"]) and len(va["noun"]) > 1000
+    s = sentences(500, 1, "train", near_p=0.5, phonetic=False)
+    assert s == sentences(500, 1, "train", near_p=0.5, phonetic=False)
+    assert not any(keywords_in(x, phonetic=False) for x in s)
+    with_near = sum(bool(near_words_in(x, phonetic=False)) for x in s)
+    assert 150 < with_near < 350
+    assert not any(near_words_in(x, phonetic=False) for x in sentences(300, 2, "val", near_p=0.0, phonetic=False))
+
+
+@pytest.mark.skipif(not HAS_WORDS, reason="wamerican not installed")
+def test_track_plan_is_deterministic_and_mixed():
+    from kws_train.negspeech import plan_track
+
+    v, items, rends = plan_track("gnuspeech", 3, 42, [], phonetic=False)
+    v2, items2, _ = plan_track("gnuspeech", 3, 42, [], phonetic=False)
+    assert (v, items) == (v2, items2) and v["voice"] in ("male", "female", "large_child", "baby")
+    assert plan_track("gnuspeech", 4, 42, [], phonetic=False)[1] != items
+    kinds = [k for k, _, _ in items]
+    assert kinds.count("sentence") > 5
+    for (kind, text, cut), r in zip(items, rends):
+        assert r.engine == "gnuspeech" and r.params == v["params"] and r.reverb == v["reverb"]
+        if kind == "cut-keyword":
+            assert text in KEYWORDS and 0.3 <= abs(cut) <= 0.6
+        else:
+            assert not keywords_in(text, phonetic=False)
+
+
+# --- torch: the sampler and the loss -----------------------------------------------------------------
+
+
+def _toy(rng):
+    audio, meta = [], []
+    for label in KEYWORDS + [UNKNOWN]:
+        for j in range(4):
+            audio.append(rng.normal(0, 0.1, 8000).astype(np.float32))
+            meta.append({"label": label, "engine": "espeak", "word": label, "family": "espeak", "voice": "en-us+m1"})
+    bg = {n: rng.normal(0, 0.1, 40000).astype(np.float32) for n in
+          ["whitenoise", "pinknoise", "brownnoise", "macroform-cold_day", "macroform-robot_dity",
+           "macroform-the_simplicity"]}
+    tracks = Tracks([(rng.normal(0, 3000, 16000 * 5)).astype(np.int16)], [{"engine": "espeak"}])
+    return Clips(audio, meta), bg, tracks
+
+
+def test_sampler_negative_share():
+    pytest.importorskip("torch")
+    from kws_train.train import BatchSampler
+
+    clips, bg, tracks = _toy(np.random.default_rng(0))
+    base = Recipe(batch=40)
+    # share 0: giving the sampler tracks changes nothing (same random stream, same batches)
+    a = BatchSampler(clips, bg, base, np.random.default_rng(5))()
+    b = BatchSampler(clips, bg, base, np.random.default_rng(5), tracks)()
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    r = dataclasses.replace(base, negative_share=0.75)
+    x, y = BatchSampler(clips, bg, r, np.random.default_rng(5), tracks)()
+    assert x.shape == (40, 16000) and np.all(y[-30:] == LABEL_INDEX[UNKNOWN])
+    # without tracks (export's calibration windows) the batch stays class-balanced
+    x, y = BatchSampler(clips, bg, r, np.random.default_rng(5))()
+    assert np.array_equal(x, a[0])
+
+
+def test_negative_weight_and_hard_examples():
+    torch = pytest.importorskip("torch")
+    from kws_train.train import example_weights, weighted_loss
+
+    y = torch.tensor([0, 3, LABEL_INDEX[UNKNOWN], LABEL_INDEX[UNKNOWN], 10])
+    probs = torch.tensor([
+        [0.9] + [0.1 / 11] * 11,  # keyword 0, confident: easy
+        [0.5] + [0.5 / 11] * 11,  # keyword 3 at p = 0.045: hard
+        [0.05] * 11 + [0.45],  # unknown, keywords at 0.05: easy
+        [0.6] + [0.4 / 11] * 11,  # unknown, fires "yes" at 0.6: hard
+        [0.02] * 10 + [0.78, 0.02],  # silence, easy
+    ])
+    logits = torch.log(probs)
+    r = Recipe(steps=100)
+    assert example_weights(logits, y, r, 0) is None
+    per = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert float(weighted_loss(per, None)) == pytest.approx(3.0)
+    w = example_weights(logits, y, dataclasses.replace(r, negative_weight=3.0), 0)
+    assert w.tolist() == [1, 1, 3, 3, 3]
+    w = example_weights(logits, y, dataclasses.replace(r, hard_threshold=0.5), 0)
+    assert w.tolist() == [0, 1, 0, 1, 0]
+    assert float(weighted_loss(per, w)) == pytest.approx(3.0)  # (2 + 4) / 2
+    # not before hard_start
+    assert example_weights(logits, y, dataclasses.replace(r, hard_threshold=0.5, hard_start=0.5), 10) is None
+    w = example_weights(logits, y, dataclasses.replace(r, hard_threshold=0.5, hard_start=0.5, negative_weight=2.0), 60)
+    assert w.tolist() == [0, 1, 0, 2, 0]
+    assert float(weighted_loss(per, torch.zeros(5))) == 0.0
