@@ -19,7 +19,8 @@ Output (under --out, not committed):
                       "meta": {"category", "engine", "voice", "background", "snr_db", "seconds"[, "near_words"]}}
     pos/NNNN.wav, neg/NNNN.wav, near/NNNN.wav   16 kHz mono s16
 Usage: python -m kws_train.evalcorpus --out data/evalcorpus [--pos-minutes 22] [--neg-minutes 130] [--near-minutes 20]
-       python -m kws_train.evalcorpus --out ../evalcorpus-slice --slice   (the small committed slice)
+       python -m kws_train.evalcorpus --out ../eval-slice --slice   (the small committed slice; the committed
+       one predates homophone exclusion and categories: its neg/10000 and pos/10001 say "know")
 """
 
 from __future__ import annotations
@@ -303,14 +304,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pos-minutes", type=float, default=22.0)
     p.add_argument("--neg-minutes", type=float, default=130.0)
     p.add_argument("--near-minutes", type=float, default=20.0)
-    p.add_argument("--slice", action="store_true", help="the small committed slice: 2 positive + 2 negative streams")
+    p.add_argument("--slice", action="store_true", help="the small committed slice: 2 positive + 3 negative streams")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     a = p.parse_args(argv)
     install_fortunes()
     sents = fortune_sentences(SEED)
     if a.slice:
         jobs = [("pos", 10_000 + i, 20.0, "keywords") for i in range(2)] + \
-               [("neg", 10_000, 20.0, "speech"), ("neg", 10_001, 15.0, "music-noise")]
+               [("neg", 10_000, 20.0, "speech"), ("neg", 10_001, 15.0, "music-noise"),
+                ("near", 60_000, 20.0, "near-words")]
     else:
         jobs = plan_jobs(a.pos_minutes, a.neg_minutes, a.near_minutes)
     generate(EVAL, a.out, a.data, jobs, sents, a.workers)

@@ -101,10 +101,9 @@ def plan_track(engine: str, k: int, seed: int, variants: list[str], seconds: flo
 
 
 def build_track(args) -> tuple[str, int, np.ndarray, dict]:
-    """Synthesize and assemble track `k` of `engine` (worker entry point)."""
-    engine, k, seed, variants, seconds = args
+    """Synthesize and assemble track `k` of `engine` from its plan (worker entry point)."""
+    engine, k, seed, seconds, (v, items, rends) = args
     rng = random.Random(f"{seed}:{engine}:{k}:assemble")
-    v, items, rends = plan_track(engine, k, seed, variants, seconds)
     audio = render(rends, max_seconds=None)
     n = int(seconds * SAMPLE_RATE)
     parts, segments, pos = [], [], 0
@@ -142,7 +141,8 @@ def synth_engine(engine: str, minutes: float, seed: int, out: Path, workers: int
     t0, c0 = time.time(), _cpu()
     audio, offsets, meta = [], [0], []
     with multiprocessing.Pool(workers) as pool:
-        for _, _, pcm, m in pool.imap(build_track, [(engine, k, seed, variants, seconds) for k in range(n_tracks)]):
+        jobs = [(engine, k, seed, seconds, plan_track(engine, k, seed, variants, seconds)) for k in range(n_tracks)]
+        for _, _, pcm, m in pool.imap(build_track, jobs):
             audio.append(pcm)
             offsets.append(offsets[-1] + len(pcm))
             meta.append(m)

@@ -15,8 +15,13 @@ detector needs to hear.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import random
 import re
+import subprocess
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -47,12 +52,35 @@ def _bucket(word: str) -> int:
     return zlib.crc32(word.encode()) % 10
 
 
+#: Bump when the classification below changes (invalidates the on-disk cache).
+LEXICON_VERSION = 1
+
+
 @functools.lru_cache(maxsize=4)
 def lexicon(split: str, phonetic: bool = True) -> dict[str, list[str]]:
     """Content words of `split` ("train": hash bucket 1-9, "val": bucket 0) by guessed part of speech,
-    plus "near" (near-words, both splits). Keywords and homophones are removed."""
+    plus "near" (near-words, both splits). Keywords and homophones are removed.
+
+    With `phonetic`, espeak-ng phonemizes the whole word list (~1 min); the result is cached in the
+    temp directory, keyed by the word list, the espeak-ng version and LEXICON_VERSION."""
     if split not in ("train", "val"):
         raise ValueError(split)
+    cache = None
+    if phonetic:
+        ver = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
+        key = hashlib.sha256(WORDS_FILE.read_bytes() + ver.encode() + str(LEXICON_VERSION).encode()).hexdigest()[:16]
+        cache = Path(tempfile.gettempdir()) / f"kws-lexicon-{split}-{key}.json"
+        if cache.exists():
+            return json.loads(cache.read_text(encoding="utf-8"))
+    pos = _lexicon(split, phonetic)
+    if cache is not None:
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(pos), encoding="utf-8")
+        tmp.replace(cache)
+    return pos
+
+
+def _lexicon(split: str, phonetic: bool) -> dict[str, list[str]]:
     words = sorted({w for w in WORDS_FILE.read_text(encoding="utf-8").split()
                     if re.fullmatch(r"[a-z]{3,11}", w)})
     if phonetic:
