@@ -52,12 +52,13 @@ class Clips:
         return len(self.meta)
 
 
-def load_clips(data: Path, engines: list[str]) -> Clips:
+def load_clips(data: Path, engines: list[str], sub: str = "shards") -> Clips:
+    """Clips of `engines` from data/<sub> (`shards`: synthesized; `vc`: voice-converted copies)."""
     audio, meta = [], []
     for engine in engines:
-        z = np.load(data / "shards" / f"{engine}.npz")
+        z = np.load(data / sub / f"{engine}.npz")
         pcm, off = z["audio"], z["offsets"]
-        lines = (data / "shards" / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (data / sub / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(lines):
             m = json.loads(line)
             m["family"] = FAMILIES[engine]

@@ -51,6 +51,9 @@ class Recipe:
     hard_threshold: float = 0.0  # > 0: hard-example filtering, loss only on negatives whose highest
     #                              keyword probability is >= this and keywords whose own probability is < this
     hard_start: float = 0.0  # fraction of `steps` before hard-example filtering starts
+    # Voice conversion (voiceconv.py): converted copies of these engines' clips join the training
+    # clips (same filters: held-out families, validation accents). Default: none.
+    vc_engines: list[str] = dataclasses.field(default_factory=list)
     # Feature-space augmentation.
     specaug_p: float = 0.0
     specaug_time_masks: int = 2

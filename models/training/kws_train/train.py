@@ -7,6 +7,7 @@ Writes runs/NAME/{model.pt, recipe.json, metrics.json, train.log}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -25,11 +26,17 @@ from .recipe import Recipe, load_recipe, recipe_dict
 from .synth import is_keyword_like
 
 
+def trainable(m: dict, r: Recipe) -> bool:
+    """A clip of a recipe engine, not of a held-out family or validation accent (nor, without
+    `unknown_keyword_like`, a keyword-like unknown word)."""
+    return (m["engine"] in r.engines and m["family"] not in r.holdout_families
+            and espeak_accent(m) not in r.val_espeak_accents
+            and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
+
+
 def split_train(clips: Clips, r: Recipe, rng: np.random.Generator) -> Clips:
     """Training clips: recipe engines, minus held-out families and validation accents, espeak capped."""
-    train = clips.select(lambda m: m["engine"] in r.engines and m["family"] not in r.holdout_families
-                         and espeak_accent(m) not in r.val_espeak_accents
-                         and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
+    train = clips.select(lambda m: trainable(m, r))
     is_espeak = np.array([m["engine"] == "espeak" for m in train.meta])
     n_other = int((~is_espeak).sum())
     if r.espeak_max_share < 1.0 and n_other > 0:
@@ -126,6 +133,19 @@ def spec_augment(logmel: torch.Tensor, r: Recipe, gen: torch.Generator) -> torch
     return out
 
 
+def add_converted(train: Clips, data: Path, r: Recipe) -> Clips:
+    """The training clips plus the voice-converted copies (data/vc) of `vc_engines` that pass the same
+    filters (`trainable`, with the engine check against `vc_engines`)."""
+    if not r.vc_engines:
+        return train
+    vc = load_clips(data, r.vc_engines, sub="vc")
+    rv = dataclasses.replace(r, engines=r.vc_engines)
+    vc = vc.select(lambda m: trainable(m, rv))
+    if not len(vc):
+        raise ValueError(f"vc_engines = {r.vc_engines} but no converted clips pass the filters (run kws_train.voiceconv)")
+    return Clips(train.audio + vc.audio, train.meta + vc.meta)
+
+
 def split_negatives(data: Path, r: Recipe) -> Tracks | None:
     """Negative-speech tracks for training (None when `negative_share` is 0): the recipe's negative
     engines minus held-out families and validation espeak accents, like the clips."""
@@ -189,7 +209,7 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
     engines = sorted(set(r.engines) | {e for e in _all_engines(data)})
     clips = load_clips(data, engines)
     bg = load_background(data)
-    train_clips = split_train(clips, r, rng)
+    train_clips = add_converted(split_train(clips, r, rng), data, r)
     say(f"recipe {r.name}: {len(train_clips)} training clips from "
         f"{sorted({m['engine'] for m in train_clips.meta})}; held out {r.holdout_families}")
     negatives = split_negatives(data, r)

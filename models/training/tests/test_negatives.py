@@ -26,6 +26,7 @@ CONFIGS = sorted((TRAINING / "configs").rglob("*.toml"))
 def test_shipped_recipes_leave_negatives_off(path):
     r = load_recipe(path)
     assert (r.negative_share, r.negative_weight, r.hard_threshold, r.negative_engines) == (0.0, 1.0, 0.0, None)
+    assert r.vc_engines == []
 
 
 def test_recipe_keys_load(tmp_path):
@@ -143,3 +144,48 @@ def test_negative_weight_and_hard_examples():
     w = example_weights(logits, y, dataclasses.replace(r, hard_threshold=0.5, hard_start=0.5, negative_weight=2.0), 60)
     assert w.tolist() == [0, 1, 0, 2, 0]
     assert float(weighted_loss(per, torch.zeros(5))) == 0.0
+
+
+# --- voice conversion (pyworld) ----------------------------------------------------------------------
+
+
+def test_voice_conversion_changes_pitch_and_keeps_length():
+    pytest.importorskip("pyworld")
+    from kws_train.voiceconv import _warp_freq, convert
+
+    t = np.arange(16000) / 16000
+    f0 = 120 * (1 + 0.1 * np.sin(2 * np.pi * 2 * t))
+    x = (0.3 * np.sign(np.sin(2 * np.pi * np.cumsum(f0) / 16000))).astype(np.float32)  # buzzy, 108-132 Hz
+
+    def pitch(y):
+        import pyworld as pw
+
+        f, _ = pw.dio(y.astype(np.float64), 16000)
+        return np.median(f[f > 0])
+
+    y = convert(x, {"semitones": 5.0, "f0_range": 1.0, "warp": 1.1})
+    assert len(y) == len(x) and y.dtype == np.float32
+    assert pitch(y) / pitch(x) == pytest.approx(2 ** (5 / 12), rel=0.05)
+    y0 = convert(x, {"semitones": 0.0, "f0_range": 1.0, "warp": 1.0})
+    assert pitch(y0) == pytest.approx(pitch(x), rel=0.03)
+    a = np.arange(12, dtype=np.float64).reshape(2, 6)
+    assert np.allclose(_warp_freq(a, 1.0), a) and np.allclose(_warp_freq(a, 2.0)[0], [0, 0.5, 1, 1.5, 2, 2.5])
+
+
+def test_converted_clips_join_training_only_when_asked(tmp_path):
+    pytest.importorskip("torch")
+    import json
+
+    from kws_train.train import add_converted
+
+    (tmp_path / "vc").mkdir()
+    audio = np.zeros(3000, np.int16)
+    np.savez(tmp_path / "vc" / "espeak.npz", audio=audio, offsets=np.array([0, 1000, 2000, 3000]))
+    metas = [{"uid": f"u{i}", "engine": "espeak", "voice": v, "word": "yes", "label": "yes"}
+             for i, v in enumerate(["en-us+m1", "en-029+m1", "en-gb+f2"])]
+    (tmp_path / "vc" / "espeak.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+    base = Clips([np.zeros(10, np.float32)], [{"engine": "flite-kal16", "label": "yes"}])
+    r = Recipe()
+    assert add_converted(base, tmp_path, r) is base
+    out = add_converted(base, tmp_path, dataclasses.replace(r, vc_engines=["espeak"]))
+    assert [m.get("voice") for m in out.meta] == [None, "en-us+m1", "en-gb+f2"]  # en-029: validation accent
