@@ -154,12 +154,14 @@ def _rates(tp: int, fp: int, fn: int, hours: float) -> dict:
 
 
 def operating_point(points: list[dict], max_fa: float) -> dict | None:
-    """Among grid points with FA/h <= max_fa, the highest recall (ties: lowest threshold)."""
-    ok = [p for p in points if p["fa_per_h"] is not None and p["fa_per_h"] <= max_fa and p["recall"] is not None]
-    if not ok:
-        return None
-    best = max(p["recall"] for p in ok)
-    return min((p for p in ok if p["recall"] == best), key=lambda p: p["threshold"])
+    """Among grid points with FA/h <= max_fa, the highest recall (no labels: 0), the first in grid
+    order on ties: `operating_point` of client/src/eval.rs."""
+    best = None
+    for p in points:
+        if p["fa_per_h"] is not None and p["fa_per_h"] <= max_fa:
+            if best is None or (p["recall"] or 0.0) > (best["recall"] or 0.0):
+                best = p
+    return best
 
 
 def report(files: list[FileResult], grid: list[float], dec: DecoderConfig, tolerance_ms: int) -> dict:
