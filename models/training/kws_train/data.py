@@ -115,6 +115,30 @@ def negative_crop(tracks: Tracks, rng: np.random.Generator) -> np.ndarray:
     return x[start:start + n].astype(np.float32) / 32768.0
 
 
+def load_mined(path: Path, tracks: Tracks) -> list[tuple[int, int]]:
+    """Mined windows (`mine.py` JSON lines) as (track index in `tracks`, first sample); windows of
+    tracks not in `tracks` (held out, other engines) are dropped."""
+    index = {m["uid"]: i for i, m in enumerate(tracks.meta)}
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        w = json.loads(line)
+        if w["uid"] in index:
+            out.append((index[w["uid"]], int(w["start"])))
+    return out
+
+
+def mined_crop(tracks: Tracks, track: int, start: int) -> np.ndarray:
+    """1.2 s of a track centred on the mined 1-s window starting at `start` (zero-padded at the ends)."""
+    n = int(NEGATIVE_CROP_S * SAMPLE_RATE)
+    x = tracks.audio[track]
+    a = start + SAMPLE_RATE // 2 - n // 2
+    out = np.zeros(n, np.float32)
+    lo, hi = max(0, a), min(len(x), a + n)
+    if hi > lo:
+        out[lo - a:hi - a] = x[lo:hi].astype(np.float32) / 32768.0
+    return out
+
+
 def load_background(data: Path) -> dict[str, np.ndarray]:
     return {name: np.load(data / "background" / f"{name}.npy") for name in NOISES + MUSIC}
 

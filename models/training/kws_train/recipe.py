@@ -51,6 +51,8 @@ class Recipe:
     hard_threshold: float = 0.0  # > 0: hard-example filtering, loss only on negatives whose highest
     #                              keyword probability is >= this and keywords whose own probability is < this
     hard_start: float = 0.0  # fraction of `steps` before hard-example filtering starts
+    mined_file: str | None = None  # mining round output (mine.py), relative to the data dir
+    mined_share: float = 0.0  # share of each batch: `_unknown_` windows at the mined offsets (±shift)
     # Voice conversion (voiceconv.py): converted copies of these engines' clips join the training
     # clips (same filters: held-out families, validation accents). Default: none.
     vc_engines: list[str] = dataclasses.field(default_factory=list)

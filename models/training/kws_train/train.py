@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from . import CLASSES, KEYWORDS, SILENCE, UNKNOWN
-from .data import (LABEL_INDEX, Clips, Tracks, espeak_accent, load_background, load_clips, load_negspeech,
-                   make_window, negative_crop)
+from .data import (LABEL_INDEX, Clips, Tracks, espeak_accent, load_background, load_clips, load_mined,
+                   load_negspeech, make_window, mined_crop, negative_crop)
 from .evaluate import evaluate_sets, eval_sets_for
 from .frontend import TorchFrontend
 from .model import TCResNet, count_flops, count_params
@@ -55,9 +55,11 @@ class BatchSampler:
 
     Without `negatives` (export's int8 calibration windows) the whole batch is class-balanced."""
 
-    def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator, negatives: Tracks | None = None):
+    def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator, negatives: Tracks | None = None,
+                 mined: list[tuple[int, int]] | None = None):
         self.train, self.bg, self.r, self.rng = train, bg, r, rng
         self.negatives = negatives if negatives is not None and len(negatives) else None
+        self.mined = mined if mined and self.negatives is not None else None
         labels = train.labels()
         self.by_class = {c: np.nonzero(labels == LABEL_INDEX[c])[0] for c in KEYWORDS + [UNKNOWN]}
         self.unknown_by_engine: dict[str, np.ndarray] = {}
@@ -70,7 +72,8 @@ class BatchSampler:
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
         n_neg = int(round(self.r.batch * self.r.negative_share)) if self.negatives is not None else 0
-        cls = self.rng.choice(len(self.classes), size=self.r.batch - n_neg, p=self.p)
+        n_mined = int(round(self.r.batch * self.r.mined_share)) if self.mined is not None else 0
+        cls = self.rng.choice(len(self.classes), size=self.r.batch - n_neg - n_mined, p=self.p)
         xs, ys = [], []
         for c in cls:
             name = self.classes[c]
@@ -94,6 +97,10 @@ class BatchSampler:
             ys.append(LABEL_INDEX[name])
         for _ in range(n_neg):  # continuous negative speech at a random offset, augmented like a clip
             xs.append(make_window(negative_crop(self.negatives, self.rng), self.bg, self.r.augment, self.rng))
+            ys.append(LABEL_INDEX[UNKNOWN])
+        for _ in range(n_mined):  # windows a previous model fired on (mining round), at their offset
+            track, start = self.mined[int(self.rng.integers(len(self.mined)))]
+            xs.append(make_window(mined_crop(self.negatives, track, start), self.bg, self.r.augment, self.rng))
             ys.append(LABEL_INDEX[UNKNOWN])
         return np.stack(xs), np.array(ys, dtype=np.int64)
 
@@ -149,7 +156,7 @@ def add_converted(train: Clips, data: Path, r: Recipe) -> Clips:
 def split_negatives(data: Path, r: Recipe) -> Tracks | None:
     """Negative-speech tracks for training (None when `negative_share` is 0): the recipe's negative
     engines minus held-out families and validation espeak accents, like the clips."""
-    if r.negative_share <= 0:
+    if r.negative_share <= 0 and r.mined_share <= 0:
         return None
     tracks = load_negspeech(data, r.negative_engines or r.engines)
     tracks = tracks.select(lambda m: m["family"] not in r.holdout_families
@@ -216,7 +223,15 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
     if negatives is not None:
         say(f"negative speech: {len(negatives)} tracks, {sum(len(a) for a in negatives.audio) / 16000 / 3600:.2f} h "
             f"from {sorted({m['engine'] for m in negatives.meta})}, {r.negative_share:.0%} of each batch")
-    sampler = BatchSampler(train_clips, bg, r, rng, negatives)
+    mined = None
+    if r.mined_share > 0:
+        if not r.mined_file:
+            raise ValueError("mined_share > 0 needs mined_file (python -m kws_train.mine)")
+        mined = load_mined(data / r.mined_file, negatives)
+        if not mined:
+            raise ValueError(f"{data / r.mined_file}: no mined window on a training track")
+        say(f"mined negatives: {len(mined)} windows from {r.mined_file}, {r.mined_share:.0%} of each batch")
+    sampler = BatchSampler(train_clips, bg, r, rng, negatives, mined)
     frontend = TorchFrontend()
     net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout, cmn=r.cmn)
     decay, no_decay = [], []
