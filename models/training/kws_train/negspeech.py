@@ -92,6 +92,11 @@ def plan_track(engine: str, k: int, seed: int, variants: list[str], seconds: flo
             items.append(("cut-keyword", rng.choice(KEYWORDS), frac if rng.random() < 0.5 else -frac))
         else:
             items.append(("sentence", sentence(rng, lex, NEAR_P), 0.0))
+    if v["lang"] != "en":  # phonemize the track's words in one espeak-ng call, not one per word
+        from .lexicon import words_of
+        from .respell import prefetch
+
+        prefetch({w.lower() for _, text, _ in items for w in words_of(text)})
     rends = []
     for j, (kind, text, _) in enumerate(items):
         r = rendition(v, f"{engine}:neg{k:05d}:{j}", text, kind)

@@ -26,7 +26,10 @@ import os
 import random
 from pathlib import Path
 
+from . import KEYWORDS
 from .evalcorpus import CorpusSpec, generate, plan_jobs
+from .lexicon import words_of
+from .respell import prefetch
 from .synth import FESTIVAL_VOICES, FOREIGN_ENGINES, gnuspeech_voice, install_tools
 from .textgen import sentences
 
@@ -74,8 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     a = p.parse_args(argv)
     install_tools(gnuspeech=True)
-    generate(VAL, a.out, a.data, plan_jobs(a.pos_minutes, a.neg_minutes, a.near_minutes), val_sentences(),
-             a.workers)
+    sents = val_sentences()
+    # Phonemes of every word for the foreign voices' respellings, once (the workers inherit the cache).
+    prefetch({w.lower() for pool in sents for t in pool for w in words_of(t)} | set(KEYWORDS))
+    generate(VAL, a.out, a.data, plan_jobs(a.pos_minutes, a.neg_minutes, a.near_minutes), sents, a.workers)
 
 
 if __name__ == "__main__":

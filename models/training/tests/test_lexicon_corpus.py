@@ -4,6 +4,7 @@ No TTS engine needed except where marked (skipped when espeak-ng / fortune-mod a
 """
 
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -96,3 +97,19 @@ def test_real_fortunes_have_no_keyword_sounds():
         assert not keywords_in(s), s
     for s in plain[:2000]:
         assert not near_words_in(s), s
+
+
+def test_validation_set_is_split_from_the_evaluation_corpus():
+    from kws_train import valcorpus
+
+    assert valcorpus.VAL.seed != evalcorpus.EVAL.seed
+    a, b = evalcorpus.EVAL.bg_span, valcorpus.VAL.bg_span
+    assert a[1] <= b[0] or b[1] <= a[0], "background segments overlap"
+    variants = ["m1", "f2", "klatt"]
+    rng = random.Random(0)
+    val = [valcorpus.val_voice(rng, variants) for _ in range(300)]
+    ev = [evalcorpus.stream_voice(rng, variants) for _ in range(300)]
+    assert {v["engine"] for v in val} & {v["engine"] for v in ev} == {"espeak"}
+    assert all(v["voice"].split("+")[0] in valcorpus.VAL_ACCENTS for v in val if v["engine"] == "espeak")
+    assert "flite-awb" not in {v["engine"] for v in val}
+    assert {v["engine"] for v in val} >= {"gnuspeech", "festival-cs-ph", "espeak"}
