@@ -145,7 +145,8 @@ def add_converted(train: Clips, data: Path, r: Recipe) -> Clips:
     filters (`trainable`, with the engine check against `vc_engines`)."""
     if not r.vc_engines:
         return train
-    vc = load_clips(data, r.vc_engines, sub="vc")
+    present = [e for e in r.vc_engines if (data / "vc" / f"{e}.npz").exists()]  # engines not converted: none
+    vc = load_clips(data, present, sub="vc")
     rv = dataclasses.replace(r, engines=r.vc_engines)
     vc = vc.select(lambda m: trainable(m, rv))
     if not len(vc):
