@@ -39,16 +39,18 @@ HOMOPHONE_OF = {h: k for k, hs in KEYWORD_HOMOPHONES.items() for h in hs}
 NEAR_WORDS_LISTED = frozenset("""
 going gone goes goer goers ago cargo ego tango lego goal goals goat gold golden ghost ghosts gopher
 upon often knows known knowing knowledge knowledgeable nobody nowhere nope note notes noted nose
-noses snow snowy only onto online ongoing anon yeah yet yesterday yesterdays downtown lefty lefties
+noses snow snowy onto online ongoing anon yeah yet yesterday yesterdays downtown lefty lefties
 stopped stopping stopper stops writes writing written writer rites wrights
 """.split())
 
 _LISTED_OF = {"often": "off", "writing": "right", "written": "right", "ghost": "go", "ghosts": "go", "yet": "yes", "yeah": "yes"}
-#: Spelling rules: keyword/homophone + one of these suffixes is an inflection ("stopped", "downs").
+#: Spelling rules: keyword/homophone of 3+ letters + one of these suffixes is an inflection ("stopped",
+#: "downs"); for the 2-letter keywords the rule would make "god", "ones", "none" near-words, so their
+#: inflections are listed ("goes", "going") or found by their phones.
 _SUFFIXES = ("s", "es", "ed", "d", "ing", "er", "ers", "n", "ne", "ped", "ping", "per", "pers", "y",
              "ty", "ies", "ward", "wards")
 #: Keywords/homophones of 3+ letters (and "up") whose spelling at the start ("downtown", "yesterday",
-#: "upon", "often", "leftover") or end ("countdown", "bright", "nonstop", "takeoff", "setup") marks a
+#: "upon", "offer", "leftover") or end ("countdown", "bright", "nonstop", "takeoff", "setup") marks a
 #: near-word.
 _PREFIX_STEMS = ("yes", "down", "left", "right", "stop", "off", "up", "know", "write")
 _SUFFIX_STEMS = ("down", "left", "right", "stop", "off", "up")
@@ -103,13 +105,13 @@ def near_keyword_of(word: str, phonetic: bool = True) -> str | None:
         return None
     stems = {**{k: k for k in KEYWORDS}, **HOMOPHONE_OF}
     for s, k in stems.items():
-        if any(w == s + suf for suf in _SUFFIXES):
+        if len(s) >= 3 and any(w == s + suf for suf in _SUFFIXES):
             return k
     for s in _PREFIX_STEMS:
         if w.startswith(s) and len(w) > len(s):
             return stems[s]
     for s in _SUFFIX_STEMS:
-        if w.endswith(s) and len(w) > len(s):
+        if w.endswith(s) and len(w) > len(s) and not (s == "up" and w.endswith("oup")):  # not "group", "soup"
             return stems[s]
     if w in NEAR_WORDS_LISTED:
         for s in sorted(stems, key=len, reverse=True):

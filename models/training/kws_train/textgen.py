@@ -53,7 +53,7 @@ def _bucket(word: str) -> int:
 
 
 #: Bump when the classification below changes (invalidates the on-disk cache).
-LEXICON_VERSION = 1
+LEXICON_VERSION = 2
 
 
 @functools.lru_cache(maxsize=4)

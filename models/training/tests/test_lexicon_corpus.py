@@ -36,7 +36,8 @@ def test_near_words_are_not_keywords(word):
     assert near_keyword_of(word, phonetic=False) in KEYWORDS, word
 
 
-@pytest.mark.parametrize("word", ["one", "not", "got", "nation", "person", "table", "guess", "eyes"])
+@pytest.mark.parametrize("word", ["one", "not", "got", "nation", "person", "table", "guess", "eyes", "god",
+                                  "ones", "none", "only", "group", "soup"])
 def test_plain_words(word):
     assert keyword_of(word, phonetic=False) is None
     assert near_keyword_of(word, phonetic=False) is None
