@@ -134,7 +134,7 @@ def build_track(args) -> tuple[str, int, np.ndarray, dict]:
     meta = {"uid": f"{engine}:neg{k:05d}", "engine": engine, "voice": v["voice"], "rate": v["rate"],
             "pitch": v["pitch"], "tempo": v["tempo"], "cents": v["cents"], "reverb": v["reverb"],
             "params": v["params"], "seconds": round(len(pcm) / SAMPLE_RATE, 3),
-            "segments": [s for s in segments if s["start"] < len(pcm)]}
+            "segments": [dict(s, end=min(s["end"], len(pcm))) for s in segments if s["start"] < len(pcm)]}
     return engine, k, pcm, meta
 
 
