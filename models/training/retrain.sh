@@ -9,6 +9,9 @@
 # (both models train side by side, one thread each). Environment: VENV (default models/training/.venv),
 # VERSION of the exported models (default 1.0.0). Export measures onnxruntime latency: keep the
 # machine otherwise idle for the numbers in the manifests to mean something.
+# Optional data of the detection-quality work (no shipped recipe uses it yet): NEGSPEECH_MINUTES=N
+# synthesizes N minutes of negative-speech tracks per engine (espeak 3N) into data/negspeech;
+# VALCORPUS=1 builds the streaming validation set in data/valcorpus (see models/README.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -22,6 +25,12 @@ PY="$VENV/bin/python"
 
 "$PY" -m kws_train.synth --out data                      # installs the voices with apt-get first
 "$PY" -m kws_train.evalcorpus --out data/evalcorpus      # streams for FA/h (kws-client eval)
+if [ "${NEGSPEECH_MINUTES:-0}" != 0 ]; then
+  "$PY" -m kws_train.negspeech --out data --minutes "$NEGSPEECH_MINUTES"
+fi
+if [ "${VALCORPUS:-0}" = 1 ]; then
+  "$PY" -m kws_train.valcorpus --out data/valcorpus      # streams for selecting checkpoints/thresholds
+fi
 
 mkdir -p runs
 pids=()

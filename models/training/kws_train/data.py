@@ -26,6 +26,8 @@ FAMILIES = {
     "festival-ru": "ru", "festival-ca-ona": "ca-ona",
     # The Hindi, Marathi and Telugu voices are one speaker ("NSK": byte-identical diphones).
     "festival-hi": "nsk", "festival-mr": "nsk", "festival-te": "nsk",
+    # GnuSpeech: one articulatory model behind all four voices (male, female, large_child, baby).
+    "gnuspeech": "gnuspeech",
 }
 MUSIC = ["macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"]
 NOISES = ["whitenoise", "pinknoise", "brownnoise"]
@@ -50,18 +52,91 @@ class Clips:
         return len(self.meta)
 
 
-def load_clips(data: Path, engines: list[str]) -> Clips:
+def load_clips(data: Path, engines: list[str], sub: str = "shards") -> Clips:
+    """Clips of `engines` from data/<sub> (`shards`: synthesized; `vc`: voice-converted copies)."""
     audio, meta = [], []
     for engine in engines:
-        z = np.load(data / "shards" / f"{engine}.npz")
+        z = np.load(data / sub / f"{engine}.npz")
         pcm, off = z["audio"], z["offsets"]
-        lines = (data / "shards" / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (data / sub / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(lines):
             m = json.loads(line)
             m["family"] = FAMILIES[engine]
             meta.append(m)
             audio.append(pcm[off[i]:off[i + 1]].astype(np.float32) / 32768.0)
     return Clips(audio, meta)
+
+
+@dataclasses.dataclass
+class Tracks:
+    """Long negative-speech tracks (`negspeech.py`): int16 16 kHz audio (kept as int16: hours of it)."""
+
+    audio: list[np.ndarray]
+    meta: list[dict]
+
+    def select(self, keep) -> "Tracks":
+        idx = [i for i, m in enumerate(self.meta) if keep(m)]
+        return Tracks([self.audio[i] for i in idx], [self.meta[i] for i in idx])
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+
+def load_negspeech(data: Path, engines: list[str]) -> Tracks:
+    """Tracks of `engines` under data/negspeech (engines without tracks are skipped)."""
+    audio, meta = [], []
+    for engine in engines:
+        path = data / "negspeech" / f"{engine}.npz"
+        if not path.exists():
+            continue
+        z = np.load(path)
+        pcm, off = z["audio"], z["offsets"]
+        lines = (data / "negspeech" / f"{engine}.jsonl").read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            m = json.loads(line)
+            m["family"] = FAMILIES[engine]
+            meta.append(m)
+            audio.append(pcm[off[i]:off[i + 1]])
+    return Tracks(audio, meta)
+
+
+NEGATIVE_CROP_S = 1.2  # a crop this long survives the speed warp (x1.15) as a full 1-s window
+
+
+def negative_crop(tracks: Tracks, rng: np.random.Generator) -> np.ndarray:
+    """A 1.2-s stretch of negative speech at a random offset (tracks weighted by length)."""
+    lens = np.array([len(a) for a in tracks.audio], dtype=np.float64)
+    n = int(NEGATIVE_CROP_S * SAMPLE_RATE)
+    i = int(rng.choice(len(lens), p=lens / lens.sum()))
+    x = tracks.audio[i]
+    if len(x) <= n:
+        return x.astype(np.float32) / 32768.0
+    start = int(rng.integers(0, len(x) - n + 1))
+    return x[start:start + n].astype(np.float32) / 32768.0
+
+
+def load_mined(path: Path, tracks: Tracks) -> list[tuple[int, int]]:
+    """Mined windows (`mine.py` JSON lines) as (track index in `tracks`, first sample); windows of
+    tracks not in `tracks` (held out, other engines) are dropped."""
+    index = {m["uid"]: i for i, m in enumerate(tracks.meta)}
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        w = json.loads(line)
+        if w["uid"] in index:
+            out.append((index[w["uid"]], int(w["start"])))
+    return out
+
+
+def mined_crop(tracks: Tracks, track: int, start: int) -> np.ndarray:
+    """1.2 s of a track centred on the mined 1-s window starting at `start` (zero-padded at the ends)."""
+    n = int(NEGATIVE_CROP_S * SAMPLE_RATE)
+    x = tracks.audio[track]
+    a = start + SAMPLE_RATE // 2 - n // 2
+    out = np.zeros(n, np.float32)
+    lo, hi = max(0, a), min(len(x), a + n)
+    if hi > lo:
+        out[lo - a:hi - a] = x[lo:hi].astype(np.float32) / 32768.0
+    return out
 
 
 def load_background(data: Path) -> dict[str, np.ndarray]:

@@ -42,6 +42,20 @@ class Recipe:
     context_p: float = 0.0  # share of keyword windows with neighbouring words on both sides
     unknown_run_p: float = 0.0  # share of unknown windows cut from a run of 3-6 words
     context_gap_ms: tuple[float, float] = (20.0, 250.0)  # pause between words
+    # Negatives (detection-quality issue). All off by default: recipes without these keys draw the
+    # same random numbers and build the same batches as before.
+    negative_share: float = 0.0  # share of each batch: `_unknown_` windows cut at random offsets from
+    #                              the continuous negative-speech tracks (data/negspeech, negspeech.py)
+    negative_engines: list[str] | None = None  # engines whose tracks are used (None: `engines`)
+    negative_weight: float = 1.0  # loss weight of `_unknown_` and `_silence_` windows (keywords: 1)
+    hard_threshold: float = 0.0  # > 0: hard-example filtering, loss only on negatives whose highest
+    #                              keyword probability is >= this and keywords whose own probability is < this
+    hard_start: float = 0.0  # fraction of `steps` before hard-example filtering starts
+    mined_file: str | None = None  # mining round output (mine.py), relative to the data dir
+    mined_share: float = 0.0  # share of each batch: `_unknown_` windows at the mined offsets (±shift)
+    # Voice conversion (voiceconv.py): converted copies of these engines' clips join the training
+    # clips (same filters: held-out families, validation accents). Default: none.
+    vc_engines: list[str] = dataclasses.field(default_factory=list)
     # Feature-space augmentation.
     specaug_p: float = 0.0
     specaug_time_masks: int = 2

@@ -76,15 +76,22 @@ FESTIVAL_ENCODINGS = {"it": "iso-8859-1", "ca": "iso-8859-1", "fi": "iso-8859-1"
 #: applied with sox tempo on the raw clip instead.
 FESTIVAL_SOX_RATE = {"festival-ru", "festival-ca-ona"}
 FLITE_VOICES = {"flite-kal16": "kal16", "flite-awb": "awb", "flite-rms": "rms"}
+#: GnuSpeech (articulatory synthesizer, npm `@echogarden/gnuspeech-wasm`, pinned in
+#: `models/training/gnuspeech/package-lock.json`, run under node by `gnuspeech/synth.mjs`): one engine,
+#: one voice family, four voices whose vocal tract length, glottal pitch and breathiness are varied.
+GNUSPEECH_VOICES = ["male", "female", "large_child", "baby"]
+GNUSPEECH_DIR = Path(__file__).resolve().parents[1] / "gnuspeech"
 
 #: Engines of the model issue (English voices) and the extra ones of the generalization issue.
 BASE_ENGINES = ["espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"]
 FOREIGN_ENGINES = [e for e in FESTIVAL_VOICES if e != "festival-kal"]
-ALL_ENGINES = BASE_ENGINES + FOREIGN_ENGINES
+#: Engines of the detection-quality issue.
+NEW_ENGINES = ["gnuspeech"]
+ALL_ENGINES = BASE_ENGINES + FOREIGN_ENGINES + NEW_ENGINES
 
 #: Renditions per keyword for each engine at --scale 1; unknown words get UNKNOWN_FACTOR times that.
 PER_KEYWORD = {"espeak": 400, "flite-kal16": 80, "flite-awb": 80, "flite-rms": 80, "festival-kal": 80,
-               "freetts-kevin16": 80}
+               "freetts-kevin16": 80, "gnuspeech": 200}
 PER_KEYWORD_FOREIGN = 40
 UNKNOWN_FACTOR = 3
 REVERB_P = 0.3
@@ -106,6 +113,17 @@ class Rendition:
     tempo: float | None  # sox tempo (FreeTTS has no prosody flags)
     cents: float | None  # sox pitch shift in cents (FreeTTS)
     reverb: list[int] | None  # sox reverb: reverberance, hf-damping, room-scale
+    # Engine-specific settings (GnuSpeech: vocal tract length factor "vtl", "breathiness" in %);
+    # None for the other engines, and then not written to the shard metadata.
+    params: dict | None = None
+
+
+def rendition_meta(r: Rendition) -> dict:
+    """A rendition as shard metadata (JSON); `params` only when set, so older shards read the same."""
+    d = dataclasses.asdict(r)
+    if d["params"] is None:
+        del d["params"]
+    return d
 
 
 def is_keyword_like(word: str) -> bool:
@@ -173,11 +191,22 @@ def plan(engines: list[str], scale: float, seed: int) -> list[Rendition]:
                 rate, pitch = 1.0, 0.0
                 tempo, cents = rng.uniform(0.8, 1.25), rng.uniform(-300, 400)
                 text = word
+            elif engine == "gnuspeech":
+                voice, rate, pitch, params = gnuspeech_voice(rng)
+                text = word
             else:
                 raise ValueError(f"unknown engine {engine!r}; known: {', '.join(ALL_ENGINES)}")
             out.append(Rendition(f"{engine}:{i:05d}", engine, voice, word, label, text, rate, pitch,
-                                 tempo, cents, reverb))
+                                 tempo, cents, reverb, params if engine == "gnuspeech" else None))
     return out
+
+
+def gnuspeech_voice(rng: random.Random) -> tuple[str, float, float, dict]:
+    """A GnuSpeech voice: (voice, tempo (>1 faster), glottal pitch shift in semitones, params)."""
+    voice = rng.choice(GNUSPEECH_VOICES)
+    tempo, semitones = rng.uniform(0.8, 1.25), rng.uniform(-4.0, 4.0)
+    params = {"vtl": round(rng.uniform(0.9, 1.1), 4), "breathiness": round(rng.uniform(0.5, 4.0), 3)}
+    return voice, tempo, semitones, params
 
 
 def _run(cmd: list[str], **kw) -> None:
@@ -326,6 +355,15 @@ def _synth_batch(args: tuple[list[Rendition], str] | tuple[list[Rendition], str,
                   "-dumpMultiAudio", str(tmp / "ft.wav"), "-lines", str(tmp / "lines.txt")])
             for r in batch:
                 raws[r.uid] = tmp / f"ft{words.index(r.text)}.wav"
+        elif engine == "gnuspeech":
+            jobs = []
+            for r in batch:
+                raws[r.uid] = tmp / f"{r.uid.replace(':', '_')}.raw.wav"
+                jobs.append({"text": r.text, "voice": r.voice, "tempo": r.rate, "pitch": r.pitch,
+                             "vtl": r.params["vtl"], "breathiness": r.params["breathiness"],
+                             "out": str(raws[r.uid])})
+            (tmp / "jobs.json").write_text(json.dumps(jobs), encoding="utf-8")
+            _run(["node", str(GNUSPEECH_DIR / "synth.mjs"), str(tmp / "jobs.json")], cwd=GNUSPEECH_DIR)
         for r in batch:
             raw = raws[r.uid]
             if not raw.exists() or raw.stat().st_size < 100:
@@ -370,7 +408,7 @@ def synth_engine(engine: str, renditions: list[Rendition], out: Path, workers: i
                 pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
                 audio.append(pcm)
                 offsets.append(offsets[-1] + len(pcm))
-                meta.append(dataclasses.asdict(by_uid[uid]))
+                meta.append(rendition_meta(by_uid[uid]))
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     np.savez(shards / f"{engine}.npz", audio=np.concatenate(audio), offsets=np.array(offsets))
@@ -401,14 +439,26 @@ def make_background(out: Path) -> None:
             np.save(bg / f"{name}.npy", x * (0.5 / max(float(np.max(np.abs(x))), 1e-9)))
 
 
-def install_tools() -> None:
-    """Install the synthesizers with apt (Debian), if any is missing."""
-    if all(shutil.which(t) for t in ("espeak-ng", "flite", "festival", "sox", "java")) and \
-            Path("/usr/share/festival/voices/telugu").exists():
-        return
+def install_tools(gnuspeech: bool = True) -> None:
+    """Install the synthesizers with apt (Debian), if any is missing, and GnuSpeech with npm."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update", "-q"], env=env)
-    _run(["apt-get", "install", "-y", "-q", *APT_PACKAGES], env=env)
+    if not (all(shutil.which(t) for t in ("espeak-ng", "flite", "festival", "sox", "java")) and
+            Path("/usr/share/festival/voices/telugu").exists()):
+        _run(["apt-get", "update", "-q"], env=env)
+        _run(["apt-get", "install", "-y", "-q", *APT_PACKAGES], env=env)
+    if gnuspeech:
+        install_gnuspeech()
+
+
+def install_gnuspeech() -> None:
+    """`npm ci` the pinned GnuSpeech package into models/training/gnuspeech/node_modules (node >= 18)."""
+    if (GNUSPEECH_DIR / "node_modules" / "@echogarden" / "gnuspeech-wasm" / "package.json").exists():
+        return
+    if not shutil.which("npm"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run(["apt-get", "update", "-q"], env=env)
+        _run(["apt-get", "install", "-y", "-q", "nodejs", "npm"], env=env)
+    _run(["npm", "ci", "--no-audit", "--no-fund"], cwd=GNUSPEECH_DIR)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -420,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--force", action="store_true", help="re-synthesize engines already present")
     a = p.parse_args(argv)
-    install_tools()
+    install_tools(gnuspeech="gnuspeech" in a.engines.split(","))
     if a.force or not (a.out / "background" / "pinknoise.npy").exists():
         make_background(a.out)
     engines = [e for e in a.engines.split(",") if e]

@@ -7,6 +7,7 @@ Writes runs/NAME/{model.pt, recipe.json, metrics.json, train.log}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from . import CLASSES, KEYWORDS, SILENCE, UNKNOWN
-from .data import LABEL_INDEX, Clips, espeak_accent, load_background, load_clips, make_window
+from .data import (LABEL_INDEX, Clips, Tracks, espeak_accent, load_background, load_clips, load_mined,
+                   load_negspeech, make_window, mined_crop, negative_crop)
 from .evaluate import evaluate_sets, eval_sets_for
 from .frontend import TorchFrontend
 from .model import TCResNet, count_flops, count_params
@@ -24,11 +26,17 @@ from .recipe import Recipe, load_recipe, recipe_dict
 from .synth import is_keyword_like
 
 
+def trainable(m: dict, r: Recipe) -> bool:
+    """A clip of a recipe engine, not of a held-out family or validation accent (nor, without
+    `unknown_keyword_like`, a keyword-like unknown word)."""
+    return (m["engine"] in r.engines and m["family"] not in r.holdout_families
+            and espeak_accent(m) not in r.val_espeak_accents
+            and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
+
+
 def split_train(clips: Clips, r: Recipe, rng: np.random.Generator) -> Clips:
     """Training clips: recipe engines, minus held-out families and validation accents, espeak capped."""
-    train = clips.select(lambda m: m["engine"] in r.engines and m["family"] not in r.holdout_families
-                         and espeak_accent(m) not in r.val_espeak_accents
-                         and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
+    train = clips.select(lambda m: trainable(m, r))
     is_espeak = np.array([m["engine"] == "espeak" for m in train.meta])
     n_other = int((~is_espeak).sum())
     if r.espeak_max_share < 1.0 and n_other > 0:
@@ -42,10 +50,16 @@ def split_train(clips: Clips, r: Recipe, rng: np.random.Generator) -> Clips:
 
 
 class BatchSampler:
-    """Class-balanced batches of augmented 1-s windows (keywords weight 1, unknown/silence per recipe)."""
+    """Class-balanced batches of augmented 1-s windows (keywords weight 1, unknown/silence per recipe),
+    plus, with `negative_share`, that share of each batch cut from negative-speech tracks (`_unknown_`).
 
-    def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator):
+    Without `negatives` (export's int8 calibration windows) the whole batch is class-balanced."""
+
+    def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator, negatives: Tracks | None = None,
+                 mined: list[tuple[int, int]] | None = None):
         self.train, self.bg, self.r, self.rng = train, bg, r, rng
+        self.negatives = negatives if negatives is not None and len(negatives) else None
+        self.mined = mined if mined and self.negatives is not None else None
         labels = train.labels()
         self.by_class = {c: np.nonzero(labels == LABEL_INDEX[c])[0] for c in KEYWORDS + [UNKNOWN]}
         self.unknown_by_engine: dict[str, np.ndarray] = {}
@@ -57,7 +71,9 @@ class BatchSampler:
         self.p = w / w.sum()
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
-        cls = self.rng.choice(len(self.classes), size=self.r.batch, p=self.p)
+        n_neg = int(round(self.r.batch * self.r.negative_share)) if self.negatives is not None else 0
+        n_mined = int(round(self.r.batch * self.r.mined_share)) if self.mined is not None else 0
+        cls = self.rng.choice(len(self.classes), size=self.r.batch - n_neg - n_mined, p=self.p)
         xs, ys = [], []
         for c in cls:
             name = self.classes[c]
@@ -79,6 +95,13 @@ class BatchSampler:
             xs.append(make_window(clip, self.bg, self.r.augment, self.rng, context,
                                   self.r.context_gap_ms, run_crop))
             ys.append(LABEL_INDEX[name])
+        for _ in range(n_neg):  # continuous negative speech at a random offset, augmented like a clip
+            xs.append(make_window(negative_crop(self.negatives, self.rng), self.bg, self.r.augment, self.rng))
+            ys.append(LABEL_INDEX[UNKNOWN])
+        for _ in range(n_mined):  # windows a previous model fired on (mining round), at their offset
+            track, start = self.mined[int(self.rng.integers(len(self.mined)))]
+            xs.append(make_window(mined_crop(self.negatives, track, start), self.bg, self.r.augment, self.rng))
+            ys.append(LABEL_INDEX[UNKNOWN])
         return np.stack(xs), np.array(ys, dtype=np.int64)
 
 
@@ -117,6 +140,62 @@ def spec_augment(logmel: torch.Tensor, r: Recipe, gen: torch.Generator) -> torch
     return out
 
 
+def add_converted(train: Clips, data: Path, r: Recipe) -> Clips:
+    """The training clips plus the voice-converted copies (data/vc) of `vc_engines` that pass the same
+    filters (`trainable`, with the engine check against `vc_engines`)."""
+    if not r.vc_engines:
+        return train
+    present = [e for e in r.vc_engines if (data / "vc" / f"{e}.npz").exists()]  # engines not converted: none
+    vc = load_clips(data, present, sub="vc")
+    rv = dataclasses.replace(r, engines=r.vc_engines)
+    vc = vc.select(lambda m: trainable(m, rv))
+    if not len(vc):
+        raise ValueError(f"vc_engines = {r.vc_engines} but no converted clips pass the filters (run kws_train.voiceconv)")
+    return Clips(train.audio + vc.audio, train.meta + vc.meta)
+
+
+def split_negatives(data: Path, r: Recipe) -> Tracks | None:
+    """Negative-speech tracks for training (None when `negative_share` is 0): the recipe's negative
+    engines minus held-out families and validation espeak accents, like the clips."""
+    if r.negative_share <= 0 and r.mined_share <= 0:
+        return None
+    tracks = load_negspeech(data, r.negative_engines or r.engines)
+    tracks = tracks.select(lambda m: m["family"] not in r.holdout_families
+                           and espeak_accent(m) not in r.val_espeak_accents)
+    if not len(tracks):
+        raise ValueError(f"negative_share = {r.negative_share} but no negative-speech tracks under "
+                         f"{data / 'negspeech'} for {r.negative_engines or r.engines} (run kws_train.negspeech)")
+    return tracks
+
+
+def example_weights(logits: torch.Tensor, y: torch.Tensor, r: Recipe, step: int) -> torch.Tensor | None:
+    """Per-window loss weights: `negative_weight` on `_unknown_`/`_silence_`, and with hard-example
+    filtering (`hard_threshold` > 0, from `hard_start` of the steps on) 0 on easy windows: negatives
+    whose highest keyword probability is below the threshold, keywords whose own probability reaches
+    it. None when both are off (plain mean, as before)."""
+    hard = r.hard_threshold > 0 and step >= r.hard_start * r.steps
+    if r.negative_weight == 1.0 and not hard:
+        return None
+    neg = y >= len(KEYWORDS)
+    w = torch.ones(len(y), dtype=torch.float32)
+    w[neg] = r.negative_weight
+    if hard:
+        with torch.no_grad():
+            p = torch.softmax(logits.detach(), dim=1)
+            kw_max = p[:, :len(KEYWORDS)].max(dim=1).values
+            p_true = p.gather(1, y[:, None])[:, 0]
+            keep = torch.where(neg, kw_max >= r.hard_threshold, p_true < r.hard_threshold)
+        w = w * keep.float()
+    return w
+
+
+def weighted_loss(per: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-window losses, or their `w`-weighted mean (0 when no window is kept)."""
+    if w is None:
+        return per.mean()
+    return (per * w).sum() / w.sum().clamp_min(1.0)
+
+
 def lr_at(step: int, r: Recipe) -> float:
     frac = step / r.steps
     return r.lr * (0.1 ** sum(frac >= b for b in r.lr_boundaries))
@@ -138,10 +217,22 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
     engines = sorted(set(r.engines) | {e for e in _all_engines(data)})
     clips = load_clips(data, engines)
     bg = load_background(data)
-    train_clips = split_train(clips, r, rng)
+    train_clips = add_converted(split_train(clips, r, rng), data, r)
     say(f"recipe {r.name}: {len(train_clips)} training clips from "
         f"{sorted({m['engine'] for m in train_clips.meta})}; held out {r.holdout_families}")
-    sampler = BatchSampler(train_clips, bg, r, rng)
+    negatives = split_negatives(data, r)
+    if negatives is not None:
+        say(f"negative speech: {len(negatives)} tracks, {sum(len(a) for a in negatives.audio) / 16000 / 3600:.2f} h "
+            f"from {sorted({m['engine'] for m in negatives.meta})}, {r.negative_share:.0%} of each batch")
+    mined = None
+    if r.mined_share > 0:
+        if not r.mined_file:
+            raise ValueError("mined_share > 0 needs mined_file (python -m kws_train.mine)")
+        mined = load_mined(data / r.mined_file, negatives)
+        if not mined:
+            raise ValueError(f"{data / r.mined_file}: no mined window on a training track")
+        say(f"mined negatives: {len(mined)} windows from {r.mined_file}, {r.mined_share:.0%} of each batch")
+    sampler = BatchSampler(train_clips, bg, r, rng, negatives, mined)
     frontend = TorchFrontend()
     net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout, cmn=r.cmn)
     decay, no_decay = [], []
@@ -168,7 +259,8 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
         if r.label_smoothing > 0:
             target = target * (1 - r.label_smoothing) + r.label_smoothing / len(CLASSES)
         logits = net(feats)
-        loss = torch.sum(-target * F.log_softmax(logits, dim=1), dim=1).mean()
+        per = torch.sum(-target * F.log_softmax(logits, dim=1), dim=1)
+        loss = weighted_loss(per, example_weights(logits, y, r, step))
         opt.zero_grad()
         loss.backward()
         opt.step()
