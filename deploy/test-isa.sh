@@ -1,17 +1,25 @@
 #!/usr/bin/env bash
-# Build and test kws-models for arm64 under qemu, and check it against the x86-64 build.
+# The instruction-set paths ONNX Runtime can take must agree: x86-64 natively (AVX-512 VNNI or AVX2,
+# whichever this machine has), x86-64 AVX2 forced under qemu-x86_64, and arm64 under qemu-aarch64.
 #
-#   1. deploy/setup-arm64.sh: Rust target, cross gcc, qemu-user >= 10, ONNX Runtime for aarch64
-#      (idempotent; about a second when all is installed);
-#   2. the x86-64 arch_parity test, which writes the reference results to
-#      $KWS_PARITY_DIR/x86_64/ (default target/parity/);
-#   3. every kws-models test for aarch64-unknown-linux-gnu, run under qemu-aarch64 (the runner in
-#      .cargo/config.toml); arch_parity among them compares with the x86-64 results.
+#   1. deploy/setup-arm64.sh: Rust target, cross gcc, qemu-user >= 10 (qemu-x86_64 and qemu-aarch64),
+#      ONNX Runtime for aarch64 (idempotent; about a second when all is installed);
+#   2. native x86-64: the isa_parity test writes the reference results to $KWS_PARITY_DIR/x86_64/
+#      (default target/parity/);
+#   3. x86-64 AVX2: the same debug test binaries (no rebuild) run under `qemu-x86_64 -cpu Haswell-v4`,
+#      which offers AVX2 and no VNNI, so ONNX Runtime takes its AVX2 int8 kernels on any host: the
+#      golden tests and isa_parity (checks it got the AVX2 path, compares with the reference), for
+#      the int8 models only (fp32 does not saturate anywhere, and emulated fp32 takes minutes);
+#   4. aarch64: the golden tests (fp32 and int8) and isa_parity (int8) for aarch64-unknown-linux-gnu,
+#      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
+#      extension), then isa_parity again on a CPU with the dot product only (Neoverse-N1) and on one
+#      with neither (Cortex-A53): ONNX Runtime has an int8 kernel family for each.
 #
-#   deploy/test-arm64.sh [extra cargo test arguments for step 3, e.g. -- --nocapture]
+#   deploy/test-isa.sh [extra cargo test arguments for steps 3 and 4, e.g. -- --nocapture]
 #
-# Time (2 cores shared with other jobs, 2026-11): cold aarch64 debug build of the tests ~6.5 min,
-# the aarch64 tests under qemu 4.5-6.5 min (chunking.rs is most of it); warm re-runs skip the build.
+# The chunking and property tests (pure Rust, no ONNX Runtime arithmetic) run natively in
+# `cargo test --workspace`; under qemu they cost minutes and test nothing ISA-specific, so they
+# run here only with KWS_ISA_ALL_TESTS=1.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,9 +28,36 @@ cd "$root"
 "$root/deploy/setup-arm64.sh"
 
 export KWS_PARITY_DIR=${KWS_PARITY_DIR:-$root/target/parity}
+x86_lib="$root/.ort/x86_64/libonnxruntime.so"
+arm_lib="$root/.ort/aarch64/libonnxruntime.so"
+tests=(--test golden --test isa_parity)
+[ "${KWS_ISA_ALL_TESTS:-0}" = 1 ] && tests=()
+
 # Each build loads its own architecture's ONNX Runtime: KWS_ORT_LIB (which `make` exports for the
 # host) must not leak into the aarch64 run.
-echo "test-arm64: x86-64 reference (arch_parity)"
-KWS_ORT_LIB="$root/.ort/x86_64/libonnxruntime.so" cargo test -p kws-models --test arch_parity
-echo "test-arm64: aarch64 tests under qemu"
-KWS_ORT_LIB="$root/.ort/aarch64/libonnxruntime.so" cargo test -p kws-models --target aarch64-unknown-linux-gnu "$@"
+echo "test-isa: native x86-64 reference (isa_parity)"
+KWS_ORT_LIB="$x86_lib" cargo test --locked -p kws-models --test isa_parity
+
+echo "test-isa: x86-64 AVX2 path under qemu-x86_64 -cpu Haswell-v4"
+KWS_ORT_LIB="$x86_lib" KWS_ISA_PATH=x86-avx2 KWS_EXPECT_INT8_KERNELS=avx2 KWS_TEST_VARIANTS=int8 \
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu Haswell-v4" \
+  cargo test --locked -p kws-models --test golden --test isa_parity "$@"
+
+echo "test-isa: aarch64 under qemu-aarch64 (cpu max: NEON i8mm kernels)"
+if [ ${#tests[@]} -gt 0 ]; then
+  # The golden tests cover fp32 on arm64 (NEON fp32 kernels); the parity run adds int8 at 1e-5.
+  KWS_ORT_LIB="$arm_lib" cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test golden "$@"
+  KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH=arm64-i8mm KWS_EXPECT_INT8_KERNELS=neon-i8mm KWS_TEST_VARIANTS=int8 \
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity "$@"
+else
+  KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH=arm64-i8mm KWS_EXPECT_INT8_KERNELS=neon-i8mm \
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu "$@"
+fi
+
+# Phones differ in their int8 instructions: the other two kernel families, int8 parity only.
+for cpu in neoverse-n1:neon-dotprod cortex-a53:neon; do
+  echo "test-isa: aarch64 under qemu-aarch64 -cpu ${cpu%%:*} (${cpu##*:} kernels)"
+  KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH="arm64-${cpu##*:}" KWS_EXPECT_INT8_KERNELS="${cpu##*:}" KWS_TEST_VARIANTS=int8 \
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu ${cpu%%:*} -L /usr/aarch64-linux-gnu" \
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity "$@"
+done

@@ -6,11 +6,12 @@
 //! 2e-3 (a feature difference can flip one activation's quantization step); events must be identical
 //! in keyword and window, scores within the posterior tolerance.
 //!
-//! int8 off x86-64: 4/255. The goldens come from ONNX Runtime on x86-64 (AVX-512 VNNI); its arm64
-//! int8 kernels need not agree bit for bit, and the model's softmax output is quantized in steps of
-//! 1/255, so a posterior moves by whole steps. Measured on the golden stream under
-//! qemu-user 10 (ORT 1.31.1, aarch64 wheel): one window of 226 differs, by 3 steps (0.0118), with
-//! bit-identical features (checked) and unchanged events; the clips agree within 2e-3.
+//! int8 is the same 2e-3 on every instruction-set path (the end-to-end check: Rust features can
+//! move an activation by one quantization step). The shipped int8 models use 7-bit weights and keep
+//! the residual additions in float (`models/README.md`, "int8 across CPUs"), so x86-64 with AVX-512
+//! VNNI, x86-64 with AVX2 only and arm64 (NEON, dot product, i8mm) compute the same integer sums: on
+//! the goldens and on 2 798 held-out windows the AVX2 path gives bit-identical posteriors and arm64
+//! (qemu-user 10) differs by at most 2.4e-7. Run this file on each path with `deploy/test-isa.sh`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -23,8 +24,7 @@ const FEATURE_TOL: f32 = 1e-4;
 
 fn tol(variant: &str) -> f32 {
     match variant {
-        "int8" if std::env::consts::ARCH == "x86_64" => 2e-3,
-        "int8" => 4.0 / 255.0,
+        "int8" => 2e-3,
         _ => 1e-4,
     }
 }
@@ -56,7 +56,7 @@ fn posteriors_match_reference() {
     for dir in models() {
         let manifest = Manifest::load(&dir).unwrap();
         let g = golden(&dir);
-        for variant in ["fp32", "int8"] {
+        for variant in variants() {
             let mut scorer = OnnxScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
             for clip in &g.clips {
                 let want = if variant == "fp32" {
@@ -93,7 +93,7 @@ fn golden_stream_trace_and_events() {
     ort();
     for dir in models() {
         let g = golden(&dir);
-        for variant in ["fp32", "int8"] {
+        for variant in variants() {
             let (want_trace, want_events) = if variant == "fp32" {
                 (&g.stream.trace_fp32, &g.stream.events_fp32)
             } else {

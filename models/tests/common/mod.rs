@@ -14,6 +14,23 @@ use serde::{Deserialize, Serialize};
 /// The shipped models the parity tests cover.
 pub const MODELS: &[&str] = &["tc-resnet8", "tc-resnet14-1.5"];
 
+/// The model variants the golden and parity tests cover: `$KWS_TEST_VARIANTS` (comma-separated,
+/// e.g. `int8` for the emulated AVX2 run of `deploy/test-isa.sh`, where fp32 is slow and not what
+/// differs between paths) or both.
+pub fn variants() -> Vec<&'static str> {
+    let all = ["fp32", "int8"];
+    match std::env::var("KWS_TEST_VARIANTS") {
+        Ok(v) if !v.is_empty() => {
+            let want: Vec<&str> = v.split(',').map(str::trim).collect();
+            for w in &want {
+                assert!(all.contains(w), "KWS_TEST_VARIANTS: unknown variant {w:?} (fp32, int8)");
+            }
+            all.into_iter().filter(|a| want.contains(a)).collect()
+        }
+        _ => all.to_vec(),
+    }
+}
+
 pub fn crate_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -3,6 +3,8 @@
 Usage: python -m kws_train.export --run runs/NAME --data data --model-dir ../tc-resnet8 --version 1.0.0
 
 Writes into --model-dir: model.onnx, model.int8.onnx, manifest.json, golden/ (WAVs + golden.json).
+int8 is quantized by `kws_train.quant` (the same answers on every CPU; build its `score_features`
+helpers first so the goldens are checked on the emulated AVX2 and arm64 paths too).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .data import load_background, load_clips, make_window
 from .evaluate import eval_sets_for, format_confusion, scores
 from .frontend import FRONTEND_PARAMS, NUM_MFCC, WINDOW_FRAMES, TorchFrontend, mfcc
 from .model import TCResNet, Exported, count_flops, count_params
+from .quant import DEFAULT_SPEC, calibration_windows, quantize, score_on
+from .quant import paths as isa_paths
 from .recipe import Recipe
 from .stream import DecoderConfig, decode, smoothed, windows
 from .synth import write_wav
@@ -73,33 +76,6 @@ def session(path: Path, threads: int = 1):
 def run_onnx(sess, feats: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([sess.run(["probs"], {"features": feats[i:i + batch]})[0]
                            for i in range(0, len(feats), batch)])
-
-
-def quantize(fp32: Path, int8: Path, calib: np.ndarray) -> None:
-    """Static QDQ int8 (per-channel weights, uint8/int8), calibrated on training-distribution windows."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quant_pre_process, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib[i:i + 64] for i in range(0, len(calib), 64))
-
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {"features": b}
-
-    import onnx
-
-    with tempfile.TemporaryDirectory() as d:
-        pre = Path(d) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        # The softmax stays float: quantizing its output would round every posterior to 1/255 steps,
-        # which the thresholds and the smoothing would see.
-        keep_float = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
-        quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=True, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=keep_float)
 
 
 def bench(path: Path, batch: int, threads: int = 1, seconds: float = 2.0) -> float:
@@ -157,7 +133,13 @@ def f32list(a) -> list:
     return [float(f"{v:.9g}") for v in np.asarray(a, dtype=np.float32).ravel()]
 
 
-def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: DecoderConfig) -> dict:
+def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: DecoderConfig,
+                 other_paths=None, other_tolerance: float = 2e-3) -> dict:
+    """Write golden/ (clip WAVs, features, posteriors; the golden stream with traces and events).
+
+    `other_paths`, if given, maps stream features [N, 98, 40] to {path name: int8 posteriors} on the
+    other instruction-set paths (`quant.paths`): the stream must keep its margin there too, give the
+    same events, and no posterior may differ from the native int8 one by more than `other_tolerance`."""
     gdir = model_dir / "golden"
     if gdir.exists():
         shutil.rmtree(gdir)
@@ -197,6 +179,19 @@ def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: Decode
         margin = min(float(np.abs(smoothed(t, dec)[:, :len(KEYWORDS)] - th[None, :]).min())
                      for t in traces.values())
         n_events = min(len(decode(t, thresholds, dec)) for t in traces.values())
+        if margin >= GOLDEN_MARGIN and n_events >= 2 and other_paths is not None:
+            # Only now the slow part: the other paths run under emulation.
+            other_probs = other_paths(feats)
+            other = [[(s, e, p) for (s, e, _), p in zip(wins, probs)] for probs in other_probs.values()]
+            margin = min([margin] + [float(np.abs(smoothed(t, dec)[:, :len(KEYWORDS)] - th[None, :]).min())
+                                     for t in other])
+            key = lambda t: [(e.keyword, e.start_ms, e.end_ms) for e in decode(t, thresholds, dec)]  # noqa: E731
+            if any(key(t) != key(traces["int8"]) for t in other):
+                margin = 0.0
+            # And no window where a path rounds differently by more than the tests allow.
+            native = np.stack([p for _, _, p in traces["int8"]])
+            if any(np.abs(p - native).max() > other_tolerance for p in other_probs.values()):
+                margin = 0.0
         if margin >= GOLDEN_MARGIN and n_events >= 2:
             break
     else:
@@ -256,12 +251,10 @@ def main(argv: list[str] | None = None) -> None:
     assert all(v <= 1e-5 for v in max_diff.values()), f"ONNX vs PyTorch differ: {max_diff}"
     print(f"onnx fp32 vs pytorch max |diff|: {max_diff}", flush=True)
 
-    # int8: calibrate on 2000 augmented training windows (reference frontend, as served).
-    calib = []
-    while len(calib) < 2000:
-        xb, _ = sampler()
-        calib.extend(mfcc(x) for x in xb)
-    quantize(fp32_path, int8_path, np.stack(calib[:2000]).astype(np.float32))
+    # int8 the same on every CPU (kws_train.quant): 7-bit weights, float residual additions,
+    # calibrated on isolated and streamed windows of every training voice family.
+    calib, calib_desc = calibration_windows(clips, bg, r)
+    quantize(fp32_path, int8_path, calib, DEFAULT_SPEC)
     int8 = session(int8_path)
 
     # Accuracy of both on the validation and held-out sets (reference numpy frontend).
@@ -287,7 +280,19 @@ def main(argv: list[str] | None = None) -> None:
 
     dec = DecoderConfig()
     held_out = clips.select(lambda m: m["family"] in r.holdout_families)
-    stream = write_golden(a.model_dir, held_out if len(held_out) else clips, bg, fp32, int8, thresholds, dec)
+    # The goldens must hold on every instruction-set path this machine can emulate; the manifest
+    # sha256 must name the new files before the Rust scorer on those paths will load them.
+    others = [p for p in isa_paths()[1:] if p.binary.is_file()]
+    if not (a.model_dir / "manifest.json").exists():
+        others = []  # the Rust scorer needs a manifest: a first export checks the native path only
+    if len(others) < len(isa_paths()) - 1:
+        print("warning: the golden stream is checked on fewer instruction-set paths than this machine "
+              "can run (a first export, or score_features not built: models/README.md, 'int8 across "
+              "CPUs'); run `python -m kws_train.quant apply` afterwards", flush=True)
+    _write_files_entry(a.model_dir, fp32_path, int8_path)
+    stream = write_golden(a.model_dir, held_out if len(held_out) else clips, bg, fp32, int8, thresholds, dec,
+                          other_paths=(lambda f: {p.name: score_on(p, a.model_dir, "int8", f)[0] for p in others})
+                          if others else None)
     print(f"golden stream events fp32: {stream['events_fp32']}", flush=True)
 
     manifest = {
@@ -299,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         "window": {"frames": WINDOW_FRAMES, "samples": SAMPLE_RATE, "default_hop_frames": dec.hop_frames},
         "decoder": {"smoothing_ms": dec.smoothing_ms, "refractory_ms": dec.refractory_ms},
         "thresholds": thresholds,
+        "quantization": {"format": "onnxruntime static QDQ, per-channel weights, softmax in float",
+                         "scheme": DEFAULT_SPEC.scheme, "calibration_method": DEFAULT_SPEC.method,
+                         "int8_ops": DEFAULT_SPEC.ops, "calibration": calib_desc},
         "params": count_params(net), "flops": count_flops(net),
         "files": {kind: {"path": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
                   for kind, path in (("fp32", fp32_path), ("int8", int8_path))},
@@ -323,6 +331,17 @@ def main(argv: list[str] | None = None) -> None:
     (a.run / "export_report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     for s, v in metrics.items():
         print(f"\n{s} (fp32) confusion:\n{format_confusion(v['fp32']['confusion'])}")
+
+
+def _write_files_entry(model_dir: Path, fp32_path: Path, int8_path: Path) -> None:
+    """Point an existing manifest's `files` at the new model files (sha256, size), if there is one."""
+    path = model_dir / "manifest.json"
+    if not path.exists():
+        return
+    m = json.loads(path.read_text())
+    for kind, f in (("fp32", fp32_path), ("int8", int8_path)):
+        m.setdefault("files", {})[kind] = {"path": f.name, "sha256": sha256(f), "bytes": f.stat().st_size}
+    path.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _num(v: float) -> float | None:
