@@ -23,7 +23,10 @@ pub fn variants() -> Vec<&'static str> {
         Ok(v) if !v.is_empty() => {
             let want: Vec<&str> = v.split(',').map(str::trim).collect();
             for w in &want {
-                assert!(all.contains(w), "KWS_TEST_VARIANTS: unknown variant {w:?} (fp32, int8)");
+                assert!(
+                    all.contains(w),
+                    "KWS_TEST_VARIANTS: unknown variant {w:?} (fp32, int8)"
+                );
             }
             all.into_iter().filter(|a| want.contains(a)).collect()
         }
