@@ -15,7 +15,6 @@ import hashlib
 import json
 import platform
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from .evaluate import eval_sets_for, format_confusion, scores
 from .frontend import FRONTEND_PARAMS, NUM_MFCC, WINDOW_FRAMES, TorchFrontend, mfcc
 from .model import TCResNet, Exported, count_flops, count_params
 from .quant import DEFAULT_SPEC, calibration_windows, quantize, score_on
+from .quant import latency as latency_of
 from .quant import paths as isa_paths
 from .recipe import Recipe
 from .stream import DecoderConfig, decode, smoothed, windows
@@ -76,19 +76,6 @@ def session(path: Path, threads: int = 1):
 def run_onnx(sess, feats: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate([sess.run(["probs"], {"features": feats[i:i + batch]})[0]
                            for i in range(0, len(feats), batch)])
-
-
-def bench(path: Path, batch: int, threads: int = 1, seconds: float = 2.0) -> float:
-    """Mean seconds per run() at `batch` (after warm-up), single intra-op thread by default."""
-    sess = session(path, threads)
-    x = np.random.default_rng(0).normal(size=(batch, WINDOW_FRAMES, NUM_MFCC)).astype(np.float32) * 5
-    for _ in range(20):
-        sess.run(["probs"], {"features": x})
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        sess.run(["probs"], {"features": x})
-        n += 1
-    return (time.perf_counter() - t0) / n
 
 
 def sha256(path: Path) -> str:
@@ -274,8 +261,7 @@ def main(argv: list[str] | None = None) -> None:
 
     latency = {}
     for kind, path in (("fp32", fp32_path), ("int8", int8_path)):
-        latency[kind] = {"batch1_us": round(bench(path, 1) * 1e6, 1),
-                         "batch64_per_item_us": round(bench(path, 64) / 64 * 1e6, 1)}
+        latency[kind] = latency_of(path)
     print(f"latency: {latency}", flush=True)
 
     dec = DecoderConfig()
