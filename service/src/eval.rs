@@ -11,13 +11,15 @@ use kws_proto::v1;
 use crate::session::Resolved;
 use crate::telemetry::names;
 
-/// At most this many grid events (one per firing per grid threshold, 16 bytes each) are kept per
-/// stream, and as many of the stream's own events: ≤ 640 KB per stream with `Vec` growth slack.
-/// Every stream collects them (labels may arrive after the audio they describe). The soak measured
-/// ~0.5 KB of growth per event on a keyword-dense stream, so a long stream of conversation reaches the
-/// cap after some hours; beyond it the grid stops collecting and the stream's counters cover only the
-/// audio before that point.
-pub const MAX_GRID_EVENTS: usize = 20_000;
+/// Default of `evaluation.max_grid_events`: at most this many grid events (one per firing per grid
+/// threshold, 16 bytes each) are kept per stream, and as many of the stream's own events: ≤ 64 KB per
+/// stream with `Vec` growth slack. Every stream collects them (labels may arrive after the audio they
+/// describe), so this is memory every long stream ends up holding. A keyword-dense stream fires ~19
+/// grid thresholds per keyword, so it reaches the cap after ~100 keywords (the soak's streams: ~2.5
+/// min); beyond it the grid stops collecting, `kws_eval_truncated_streams_total` counts the stream
+/// when it is evaluated, and its counters cover only the audio before that point. Labelled corpora
+/// (`kws-client eval`) stream one file at a time, far below the cap.
+pub const MAX_GRID_EVENTS: usize = 2_000;
 /// At most this many labels per stream.
 pub const MAX_LABELS: usize = 100_000;
 
@@ -28,6 +30,8 @@ pub struct EvalSettings {
     pub grid: Vec<f32>,
     /// The grid as metric label values ("0.05", ...), formatted once.
     pub grid_labels: Vec<String>,
+    /// Grid events (and own events) kept per stream.
+    pub max_grid_events: usize,
 }
 
 impl EvalSettings {
@@ -37,7 +41,14 @@ impl EvalSettings {
             tolerance_ms,
             grid,
             grid_labels,
+            max_grid_events: MAX_GRID_EVENTS,
         }
+    }
+
+    /// The same with another per-stream cap of grid events.
+    pub fn with_max_grid_events(mut self, n: usize) -> Self {
+        self.max_grid_events = n;
+        self
     }
 }
 
@@ -81,6 +92,7 @@ pub struct Evaluator {
     labels: Vec<Label>,
     /// The stream's own events (at its thresholds): (class, time).
     own: Vec<(usize, u64)>,
+    max_events: usize,
 }
 
 impl Evaluator {
@@ -90,7 +102,7 @@ impl Evaluator {
                 &settings.grid,
                 &r.keywords,
                 r.stream.decoder.refractory_ms,
-                MAX_GRID_EVENTS,
+                settings.max_grid_events,
             ),
             grid_labels: settings.grid_labels.clone(),
             tolerance_ms: settings.tolerance_ms,
@@ -99,6 +111,7 @@ impl Evaluator {
             known_negative: r.known_negative,
             labels: Vec::new(),
             own: Vec::new(),
+            max_events: settings.max_grid_events,
         }
     }
 
@@ -127,7 +140,7 @@ impl Evaluator {
     /// Feed one window's smoothed posteriors and the keyword the stream's decoder fired on it, if any.
     pub fn observe(&mut self, w: &WindowMeta, smoothed: &[f32], fired: Option<usize>) {
         if let Some(k) = fired
-            && self.own.len() < MAX_GRID_EVENTS
+            && self.own.len() < self.max_events
         {
             self.own.push((k, event_time(w.start_ms, w.end_ms)));
         }
@@ -142,7 +155,11 @@ impl Evaluator {
             return None;
         }
         if self.grid.truncated() {
-            tracing::warn!(max = MAX_GRID_EVENTS, "evaluation grid truncated");
+            metrics::counter!(names::EVAL_TRUNCATED, "model" => model.to_string()).increment(1);
+            tracing::warn!(
+                max = self.max_events,
+                "evaluation grid truncated: only the first part of the stream is evaluated"
+            );
         }
         let labels: &[Label] = if self.known_negative { &[] } else { &self.labels };
         let kind = if self.known_negative {

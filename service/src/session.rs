@@ -3,7 +3,10 @@
 //!
 //! Backpressure, in order of what fills up first:
 //! - windows queued for scoring above `max_inflight_windows`: the task stops reading the client's
-//!   messages until replies come back (HTTP/2 flow control then slows the client);
+//!   messages until replies come back (HTTP/2 flow control then slows the client); a large chunk is
+//!   enqueued in parts as replies come back;
+//! - feature bytes queued by all streams above `max_queued_bytes`: the stream waits for room (it
+//!   applies its own replies meanwhile, so waiting never deadlocks);
 //! - the batcher queue: `submit` waits;
 //! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
 //!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
@@ -85,12 +88,24 @@ pub fn resolve(
         PcmFormat::new(encoding, cfg.sample_rate_hz, channels).map_err(|e| invalid(e.to_string()))?;
     let known = m.keywords.join(", ");
     let mut enabled = vec![cfg.keywords.is_empty(); m.keywords.len()];
+    if cfg.keywords.len() > m.keywords.len() {
+        return Err(invalid(format!(
+            "{} keywords listed, but the model has only {}: list each keyword at most once ({known})",
+            cfg.keywords.len(),
+            m.keywords.len()
+        )));
+    }
     for k in &cfg.keywords {
         let i = m.keyword_index(k).ok_or_else(|| {
             invalid(format!(
                 "unknown keyword {k:?} in keywords: the model's keywords are {known}"
             ))
         })?;
+        if enabled[i] {
+            return Err(invalid(format!(
+                "keyword {k:?} is listed twice in keywords: list each keyword at most once"
+            )));
+        }
         enabled[i] = true;
     }
     let mut thresholds = m.default_thresholds();
@@ -257,8 +272,16 @@ pub struct SessionDeps {
     pub phase: watch::Receiver<Phase>,
     pub events: Arc<EventStore>,
     pub evaluation: Arc<crate::eval::EvalSettings>,
+    /// Slots of configured streams (`max_streams` permits).
     pub active: Arc<Semaphore>,
+    /// Streams that have not sent their config yet (see `admission`).
+    pub awaiting: Arc<crate::admission::AwaitingBudget>,
+    /// Process-wide budget of windows queued for scoring (`max_queued_bytes / WINDOW_BYTES`).
+    pub queued: Arc<Semaphore>,
 }
+
+/// Bytes of one window of features.
+pub const WINDOW_BYTES: usize = WINDOW_VALUES * std::mem::size_of::<f32>();
 
 /// Start a session for an admitted stream whose config message has been validated. Returns the
 /// response stream; the session runs as its own task and holds `permit` until it ends.
@@ -368,6 +391,8 @@ struct Pending {
     windows: Vec<WindowMeta>,
     arrived: Instant,
     rx: oneshot::Receiver<JobResult>,
+    /// This job's share of the process-wide budget, returned once its reply is applied.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Session {
@@ -631,22 +656,68 @@ impl Session {
         windows: Vec<WindowMeta>,
         arrived: Instant,
     ) -> Result<(), End> {
+        let n = windows.len();
+        // Per stream: at most `max_inflight_windows` queued, also within one large chunk.
+        while !self.pending.is_empty() && self.inflight_windows + n > self.deps.server.max_inflight_windows {
+            self.apply_oldest().await?;
+        }
+        // Process-wide: room under `max_queued_bytes`. While there is none, apply this stream's own
+        // replies (which frees its share); a stream with nothing queued waits its turn (fair queue).
+        let budget = self.deps.queued.clone();
+        let closed = || End::Error(ServiceError::Internal("the scoring budget was closed".into()));
+        let mut waited = false;
+        let permit = loop {
+            match budget.clone().try_acquire_many_owned(n as u32) {
+                Ok(p) => break p,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    if !waited {
+                        waited = true;
+                        metrics::counter!(names::QUEUE_BUDGET_WAITS).increment(1);
+                    }
+                    if self.pending.is_empty() {
+                        break budget
+                            .clone()
+                            .acquire_many_owned(n as u32)
+                            .await
+                            .map_err(|_| closed())?;
+                    }
+                    self.apply_oldest().await?;
+                }
+            }
+        };
         let (reply, rx) = oneshot::channel();
         let job = Job {
             features,
             probs: Vec::new(),
-            windows: windows.len(),
+            windows: n,
             enqueued: Instant::now(),
             reply,
         };
-        self.inflight_windows += windows.len();
+        self.inflight_windows += n;
         self.model
             .batcher
             .submit(job)
             .await
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
-        self.pending.push_back(Pending { windows, arrived, rx });
+        self.pending.push_back(Pending {
+            windows,
+            arrived,
+            rx,
+            _budget: permit,
+        });
         Ok(())
+    }
+
+    /// Wait for the oldest queued job's reply and apply it.
+    async fn apply_oldest(&mut self) -> Result<(), End> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let r =
+            p.rx.await
+                .map_err(|_| End::Error(ServiceError::Internal("scoring worker dropped a job".into())))?;
+        self.apply(p.windows, p.arrived, r).await
     }
 
     fn recycle(&mut self, buf: Vec<f32>) {
@@ -770,11 +841,8 @@ impl Session {
             .finish(&mut batch)
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
         self.submit(batch, Instant::now()).await?;
-        while let Some(p) = self.pending.pop_front() {
-            let r =
-                p.rx.await
-                    .map_err(|_| End::Error(ServiceError::Internal("scoring worker dropped a job".into())))?;
-            self.apply(p.windows, p.arrived, r).await?;
+        while !self.pending.is_empty() {
+            self.apply_oldest().await?;
         }
         let processed_ms = self.spotter.audio_ms_processed();
         // Every window is scored and the frontend has consumed every sample: all of it is processed.

@@ -562,7 +562,7 @@ pub async fn raw_detect_status(addr: SocketAddr, body: Vec<bytes::Bytes>) -> (St
     )
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
