@@ -48,6 +48,12 @@ pub struct ServerConfig {
     /// streams wait to enqueue (they stop reading their clients; nothing is dropped) and new streams
     /// are refused. Size it from the pod's memory (deploy/README.md).
     pub max_queued_bytes: usize,
+    /// HTTP/2 receive window of each stream: audio a client may send ahead of what the server has
+    /// read. It bounds what a stream that is held back (queue limits, overload) buffers on the
+    /// server; the default holds 4 s of 16-kHz s16 audio.
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 receive window of each connection (all its streams together).
+    pub http2_connection_window_bytes: u32,
     /// Every this often, free heap memory is given back to the operating system (glibc
     /// `malloc_trim`); 0 = never.
     pub memory_trim_interval_ms: u64,
@@ -78,7 +84,8 @@ pub struct ServerConfig {
     pub max_connection_age_ms: u64,
     /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches)
     /// exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
-    /// makes the excess wait instead of making every admitted stream late. 0 = off.
+    /// makes the excess wait instead of making every admitted stream late. New streams are also
+    /// refused while the queued feature bytes exceed 90 % of `max_queued_bytes`. 0 = both off.
     pub shed_queue_wait_ms: u64,
     /// TLS handshakes that take longer are dropped (slow or stuck clients hold no resources).
     pub tls_handshake_timeout_ms: u64,
@@ -101,6 +108,8 @@ impl Default for ServerConfig {
             max_streams_awaiting_config_per_connection: 32,
             max_queued_bytes: 128 << 20,
             memory_trim_interval_ms: 10_000,
+            http2_stream_window_bytes: 128 << 10,
+            http2_connection_window_bytes: 1 << 20,
             idle_timeout_ms: 30_000,
             max_stream_lifetime_ms: 4 * 3600 * 1000,
             drain_grace_ms: 30_000,
@@ -423,6 +432,17 @@ impl Config {
             return Err(bad(format!(
                 "server.max_queued_bytes must be at least {job} (max(batcher.max_batch, server.max_inflight_windows) windows of {window} bytes) and below 64 TiB"
             )));
+        }
+        for (name, v) in [
+            ("server.http2_stream_window_bytes", s.http2_stream_window_bytes),
+            (
+                "server.http2_connection_window_bytes",
+                s.http2_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&v) {
+                return Err(bad(format!("{name} must be in 65535..=2147483647")));
+            }
         }
         if s.max_chunk_bytes > 64 << 20 {
             return Err(bad("server.max_chunk_bytes must be <= 64 MiB"));

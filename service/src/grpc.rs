@@ -144,13 +144,14 @@ impl KeywordSpotting for KwsService {
             ));
         }
         // The same when the windows queued by all streams fill 90 % of `max_queued_bytes` (the
-        // queue wait cannot grow beyond what that budget holds).
+        // queue wait cannot grow beyond what that budget holds). `shed_queue_wait_ms = 0` turns both
+        // off.
         let total = self.deps.server.max_queued_bytes / WINDOW_BYTES;
         let free = self.deps.queued.available_permits();
-        if free < total / 10 {
+        if limit_ms > 0 && free < total / 10 {
             return Err(reject(
                 ServiceError::QueueFull {
-                    queued_mib: ((total - free) * WINDOW_BYTES) >> 20,
+                    queued_mib: (total.saturating_sub(free) * WINDOW_BYTES) >> 20,
                     limit_mib: self.deps.server.max_queued_bytes >> 20,
                     retry_ms: RETRY_AFTER_MS,
                 },

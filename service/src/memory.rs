@@ -24,34 +24,41 @@ pub fn trim() -> bool {
     false
 }
 
-/// Every `interval`, trim the heap on a blocking thread and count what came back.
-pub async fn trim_periodically(interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let r = tokio::task::spawn_blocking(|| {
-            let before = rss();
-            let t0 = Instant::now();
-            let released = trim();
-            (before, rss(), released, t0.elapsed())
-        })
-        .await;
-        if let Ok((Some(before), Some(after), released, took)) = r {
-            let freed = before.saturating_sub(after);
-            metrics::counter!(names::MEMORY_TRIMMED).increment(freed);
-            if freed > 0 {
-                tracing::debug!(
-                    released,
-                    rss_before = before,
-                    rss_after = after,
-                    took_us = took.as_micros() as u64,
-                    "heap trimmed"
-                );
+/// Stops the trimming thread when dropped.
+#[derive(Debug)]
+pub struct Trimmer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+/// Every `interval`, trim the heap on a thread of its own (`kws-trim`: one thread for the life of
+/// the server, so the thread count stays flat) and count what came back.
+pub fn spawn_trimmer(interval: Duration) -> std::io::Result<Trimmer> {
+    let (stop, rx) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("kws-trim".into())
+        .spawn(move || {
+            let counter = metrics::counter!(names::MEMORY_TRIMMED);
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+                let before = rss();
+                let t0 = Instant::now();
+                let released = trim();
+                let took = t0.elapsed();
+                if let (Some(before), Some(after)) = (before, rss()) {
+                    let freed = before.saturating_sub(after);
+                    counter.increment(freed);
+                    if freed > 0 {
+                        tracing::debug!(
+                            released,
+                            rss_before = before,
+                            rss_after = after,
+                            took_us = took.as_micros() as u64,
+                            "heap trimmed"
+                        );
+                    }
+                }
             }
-        }
-    }
+        })?;
+    Ok(Trimmer { _stop: stop })
 }
 
 fn rss() -> Option<u64> {

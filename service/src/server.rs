@@ -41,11 +41,10 @@ pub async fn serve(
     let queued = Arc::new(Semaphore::new(queued_windows));
     metrics::gauge!(names::MAX_QUEUED_BYTES).set((queued_windows * WINDOW_BYTES) as f64);
     let sampler = tokio::spawn(sample_queued(queued.clone(), queued_windows));
-    let trimmer = (config.server.memory_trim_interval_ms > 0).then(|| {
-        tokio::spawn(crate::memory::trim_periodically(Duration::from_millis(
-            config.server.memory_trim_interval_ms,
-        )))
-    });
+    let _trimmer = match config.server.memory_trim_interval_ms {
+        0 => None,
+        ms => Some(crate::memory::spawn_trimmer(Duration::from_millis(ms))?),
+    };
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let deps = SessionDeps {
         server: Arc::new(config.server.clone()),
@@ -160,6 +159,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.server.max_streams_per_connection)
+        // Small receive windows: a stream the server holds back buffers at most this much.
+        .initial_stream_window_size(config.server.http2_stream_window_bytes)
+        .initial_connection_window_size(config.server.http2_connection_window_bytes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -170,9 +172,6 @@ pub async fn serve(
         w.abort();
     }
     sampler.abort();
-    if let Some(t) = trimmer {
-        t.abort();
-    }
     if let Some(h) = health_only {
         h.abort();
     }

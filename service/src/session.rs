@@ -45,8 +45,12 @@ use crate::telemetry::names;
 /// Input frames handled per step before yielding to the runtime, so a large chunk does not hold a
 /// tokio worker for long (~1 ms of work per step at 48 kHz).
 const FRAMES_PER_STEP: usize = 4096;
-/// Spare feature buffers kept per stream for reuse.
+/// Shortest time a stream stays `behind` once flagged (no flapping at the queue limits).
+const BEHIND_HOLD: Duration = Duration::from_secs(2);
+/// Spare feature buffers kept per stream for reuse...
 const SPARE_BUFFERS: usize = 4;
+/// ... each of at most this many windows (a real-time stream's jobs hold one).
+const SPARE_MAX_WINDOWS: usize = 4;
 
 /// What a stream asked for, after validation and defaults.
 #[derive(Debug, Clone)]
@@ -323,6 +327,9 @@ pub fn start(
         processed_counted_ms: 0,
         next_progress_ms: 0,
         behind: false,
+        behind_since: None,
+        first_audio: None,
+        throttled: false,
         events: 0,
         windows: 0,
     };
@@ -415,6 +422,12 @@ struct Session {
     processed_counted_ms: u64,
     next_progress_ms: u64,
     behind: bool,
+    /// When `behind` last became true (it is held for at least [`BEHIND_HOLD`]).
+    behind_since: Option<Instant>,
+    /// When the first audio arrived: a real-time client has sent `now - first_audio` of audio.
+    first_audio: Option<Instant>,
+    /// The server held this stream back (per-stream or process-wide queue limit) at its last read.
+    throttled: bool,
     events: u64,
     windows: u64,
     evaluator: Evaluator,
@@ -522,6 +535,9 @@ impl Session {
                 return End::Closed(ServiceError::Draining);
             }
             let can_read = self.inflight_windows < server.max_inflight_windows;
+            if !can_read {
+                self.throttled = true;
+            }
             let mut head = self.pending.pop_front();
             let tx = self.tx.clone();
             tokio::select! {
@@ -594,6 +610,8 @@ impl Session {
 
     async fn audio(&mut self, data: Vec<u8>) -> Result<(), End> {
         let arrived = Instant::now();
+        self.first_audio.get_or_insert(arrived);
+        self.throttled = false;
         let format = self.spotter.format();
         check_chunk(&data, self.deps.server.max_chunk_bytes, &format).map_err(End::Error)?;
         let step = FRAMES_PER_STEP * format.frame_bytes();
@@ -673,6 +691,7 @@ impl Session {
                 Err(tokio::sync::TryAcquireError::NoPermits) => {
                     if !waited {
                         waited = true;
+                        self.throttled = true;
                         metrics::counter!(names::QUEUE_BUDGET_WAITS).increment(1);
                     }
                     if self.pending.is_empty() {
@@ -721,7 +740,8 @@ impl Session {
     }
 
     fn recycle(&mut self, buf: Vec<f32>) {
-        if self.spare.len() < SPARE_BUFFERS {
+        // Only small buffers are kept: the large ones of a big chunk would stay with the stream.
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_WINDOWS * WINDOW_VALUES {
             self.spare.push(buf);
         }
     }
@@ -803,17 +823,33 @@ impl Session {
         Ok(())
     }
 
+    /// `behind`: unscored audio on the server above `behind_threshold_ms`, or the server is holding
+    /// this stream back (queue limits) while it has read less audio than a real-time client has sent
+    /// by now (the backlog is then on the client's side). Held for at least [`BEHIND_HOLD`], so a
+    /// stream at the limits does not flap.
     async fn check_behind(&mut self) -> Result<(), End> {
-        let backlog = self
-            .spotter
-            .audio_ms_received()
-            .saturating_sub(self.processed_ms.max(1000));
-        let behind = backlog > self.deps.server.behind_threshold_ms;
+        let threshold = self.deps.server.behind_threshold_ms;
+        let received = self.spotter.audio_ms_received();
+        let backlog = received.saturating_sub(self.processed_ms.max(1000));
+        let unread = match (self.throttled, self.first_audio) {
+            (true, Some(t)) => (t.elapsed().as_millis() as u64).saturating_sub(received),
+            _ => 0,
+        };
+        let now = backlog > threshold || unread > threshold;
+        let held = self.behind_since.is_some_and(|t| t.elapsed() < BEHIND_HOLD);
+        let behind = now || (self.behind && held);
+        if now {
+            self.behind_since = Some(Instant::now());
+        }
         if behind != self.behind {
             self.behind = behind;
             if behind {
                 metrics::counter!(names::STREAMS_BEHIND, "model" => self.model.name.clone()).increment(1);
-                tracing::warn!(backlog_ms = backlog, "scoring is behind the received audio");
+                tracing::warn!(
+                    backlog_ms = backlog,
+                    unread_ms = unread,
+                    "scoring is behind the received audio"
+                );
             }
             if self.resolved.progress_ms.is_some() {
                 self.progress().await?;
