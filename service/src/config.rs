@@ -82,10 +82,12 @@ pub struct ServerConfig {
     /// Connections stop taking new streams after this age (GOAWAY), so client-side load balancing
     /// picks up new pods; 0 = never. Streams already open may run to their lifetime limit.
     pub max_connection_age_ms: u64,
-    /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches)
-    /// exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
+    /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches), or
+    /// the lag of the runtime's threads that read and prepare the audio (smoothed), exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
     /// makes the excess wait instead of making every admitted stream late. New streams are also
-    /// refused while the queued feature bytes exceed 90 % of `max_queued_bytes`. 0 = both off.
+    /// refused while the queued feature bytes exceed 90 % of `max_queued_bytes`, and, while the
+    /// wait exceeds a quarter of this, when max(4, active/16) admitted streams have not had their
+    /// first window scored yet (a burst would overshoot the capacity). 0 = all three off.
     pub shed_queue_wait_ms: u64,
     /// TLS handshakes that take longer are dropped (slow or stuck clients hold no resources).
     pub tls_handshake_timeout_ms: u64,
@@ -120,7 +122,7 @@ impl Default for ServerConfig {
             max_inflight_windows: 64,
             health_listen: None,
             max_connection_age_ms: 30 * 60 * 1000,
-            shed_queue_wait_ms: 1_000,
+            shed_queue_wait_ms: 100,
             tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
             event_retention_max: 200_000,

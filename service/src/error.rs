@@ -33,6 +33,17 @@ pub enum ServiceError {
         limit_ms: u64,
         retry_ms: u64,
     },
+    /// Load shedding near saturation: the queue wait is rising and streams admitted moments ago
+    /// have not added their load yet (their first window needs 1 s of audio).
+    #[error(
+        "server near saturation: scoring of model {model} waits {wait_ms} ms in queue and {warming} streams admitted in the last seconds have not started scoring yet; retry after {retry_ms} ms"
+    )]
+    Ramping {
+        model: String,
+        wait_ms: u64,
+        warming: usize,
+        retry_ms: u64,
+    },
     /// Load shedding: the feature bytes queued by all streams are near `max_queued_bytes`.
     #[error(
         "server saturated: {queued_mib} MiB of audio features wait for scoring (limit {limit_mib} MiB); retry after {retry_ms} ms"
@@ -86,6 +97,7 @@ impl ServiceError {
             | ServiceError::Saturated { .. }
             | ServiceError::AwaitingConfigEvicted { .. }
             | ServiceError::QueueFull { .. }
+            | ServiceError::Ramping { .. }
             | ServiceError::SlowReader(_) => "resource_exhausted",
             ServiceError::Draining => "unavailable",
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
@@ -110,7 +122,8 @@ impl From<ServiceError> for Status {
             ServiceError::Overloaded { retry_ms, .. }
             | ServiceError::Saturated { retry_ms, .. }
             | ServiceError::AwaitingConfigEvicted { retry_ms, .. }
-            | ServiceError::QueueFull { retry_ms, .. } => {
+            | ServiceError::QueueFull { retry_ms, .. }
+            | ServiceError::Ramping { retry_ms, .. } => {
                 let mut s = Status::resource_exhausted(msg);
                 // gRFC A6 retry pushback: clients with retry policies wait this long.
                 if let Ok(v) = retry_ms.to_string().parse() {

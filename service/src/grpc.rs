@@ -131,13 +131,30 @@ impl KeywordSpotting for KwsService {
         // Load shedding: when this model's scoring queue already waits too long, one more stream
         // would make every admitted stream later; refuse it instead.
         let limit_ms = self.deps.server.shed_queue_wait_ms;
-        let wait = model.batcher.queue_wait();
+        // The later of the model's scoring queue and the runtime (reading audio, frontend).
+        let wait = model.batcher.queue_wait().max(self.deps.runtime_lag.current());
         if limit_ms > 0 && wait > Duration::from_millis(limit_ms) {
             return Err(reject(
                 ServiceError::Saturated {
                     model: model.name.clone(),
                     wait_ms: wait.as_millis() as u64,
                     limit_ms,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            ));
+        }
+        // Near saturation (the wait above a quarter of the limit), admit only a few streams whose
+        // load has not shown yet: a stream scores its first window after 1 s of audio, so a burst
+        // admitted faster than that would overshoot the capacity before the queue wait could tell.
+        let warming = self.deps.warming.load(std::sync::atomic::Ordering::Relaxed);
+        let active = self.deps.server.max_streams - self.deps.active.available_permits();
+        if limit_ms > 0 && wait > Duration::from_millis(limit_ms / 4) && warming >= (active / 16).max(4) {
+            return Err(reject(
+                ServiceError::Ramping {
+                    model: model.name.clone(),
+                    wait_ms: wait.as_millis() as u64,
+                    warming,
                     retry_ms: RETRY_AFTER_MS,
                 },
                 "rejected",

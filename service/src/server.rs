@@ -66,7 +66,10 @@ pub async fn serve(
             config.server.max_streams_awaiting_config_per_connection,
         ),
         queued,
+        warming: Default::default(),
+        runtime_lag: Default::default(),
     };
+    let lag_probe = tokio::spawn(probe_runtime_lag(deps.runtime_lag.clone()));
     crate::telemetry::register_server();
     for m in registry.all() {
         crate::telemetry::register_model(
@@ -172,6 +175,7 @@ pub async fn serve(
         w.abort();
     }
     sampler.abort();
+    lag_probe.abort();
     if let Some(h) = health_only {
         h.abort();
     }
@@ -187,6 +191,22 @@ async fn sample_queued(queued: Arc<Semaphore>, total: usize) {
         tick.tick().await;
         let used = total.saturating_sub(queued.available_permits());
         gauge.set((used * WINDOW_BYTES) as f64);
+    }
+}
+
+/// Measure how late a timer task wakes up (every 20 ms): when the CPU is short, the runtime's
+/// threads (which read the clients' audio and run the frontend) fall behind before the scoring
+/// queue does, so admission looks at this lag too.
+async fn probe_runtime_lag(lag: Arc<crate::batcher::QueueWait>) {
+    let period = Duration::from_millis(20);
+    let gauge = metrics::gauge!(names::RUNTIME_LAG);
+    for i in 0u64.. {
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(period).await;
+        lag.record(t0.elapsed().saturating_sub(period));
+        if i % 50 == 0 {
+            gauge.set(lag.current().as_secs_f64());
+        }
     }
 }
 

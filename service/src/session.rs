@@ -282,6 +282,28 @@ pub struct SessionDeps {
     pub awaiting: Arc<crate::admission::AwaitingBudget>,
     /// Process-wide budget of windows queued for scoring (`max_queued_bytes / WINDOW_BYTES`).
     pub queued: Arc<Semaphore>,
+    /// How late the runtime's tasks run (smoothed): audio waits this long before it is even read
+    /// and fed to the frontend when the CPU is short (see `server::probe_runtime_lag`).
+    pub runtime_lag: Arc<crate::batcher::QueueWait>,
+    /// Admitted streams whose first window has not been scored yet (their load does not show).
+    pub warming: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a stream in [`SessionDeps::warming`] until its first window is scored (or it ends).
+#[derive(Debug)]
+struct Warming(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Warming {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Warming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Bytes of one window of features.
@@ -310,6 +332,7 @@ pub fn start(
     let session = Session {
         id: stream_id,
         evaluator: Evaluator::new(&deps.evaluation, &model.manifest, &resolved),
+        warming: Some(Warming::new(&deps.warming)),
         model,
         resolved,
         spotter,
@@ -431,6 +454,7 @@ struct Session {
     events: u64,
     windows: u64,
     evaluator: Evaluator,
+    warming: Option<Warming>,
 }
 
 /// Why the main loop stopped reading the client.
@@ -754,6 +778,7 @@ impl Session {
         result: JobResult,
     ) -> Result<(), End> {
         self.inflight_windows -= windows.len();
+        self.warming = None;
         if let Err(e) = &result.result {
             return Err(End::Error(ServiceError::Internal(format!(
                 "inference failed: {e}"

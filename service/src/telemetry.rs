@@ -19,6 +19,8 @@ pub mod names {
     pub const ACTIVE_STREAMS: &str = "kws_active_streams";
     /// Gauge: the configured stream limit.
     pub const MAX_STREAMS: &str = "kws_max_streams";
+    /// Gauge: smoothed lag of the runtime's threads (a 20-ms timer's lateness), read by admission.
+    pub const RUNTIME_LAG: &str = "kws_runtime_lag_seconds";
     /// Gauge: streams opened that have not sent their config yet (they hold no stream slot).
     pub const AWAITING_CONFIG: &str = "kws_streams_awaiting_config";
     /// Gauge: bytes of features queued for scoring or being scored, all streams together.
@@ -175,6 +177,11 @@ pub fn describe() {
     describe_gauge!(ACTIVE_STREAMS, "Detect streams in progress");
     describe_gauge!(MAX_STREAMS, "Configured limit of concurrent Detect streams");
     describe_counter!(STREAMS, "Detect streams ended, by outcome");
+    describe_gauge!(
+        RUNTIME_LAG,
+        Unit::Seconds,
+        "Smoothed lateness of the runtime's threads (load shedding reads it)"
+    );
     describe_gauge!(
         AWAITING_CONFIG,
         "Detect streams opened that have not sent their config yet"
