@@ -16,9 +16,10 @@ use crate::telemetry::names;
 /// stream with `Vec` growth slack. Every stream collects them (labels may arrive after the audio they
 /// describe), so this is memory every long stream ends up holding. A keyword-dense stream fires ~19
 /// grid thresholds per keyword, so it reaches the cap after ~100 keywords (the soak's streams: ~2.5
-/// min); beyond it the grid stops collecting, `kws_eval_truncated_streams_total` counts the stream
-/// when it is evaluated, and its counters cover only the audio before that point. Labelled corpora
-/// (`kws-client eval`) stream one file at a time, far below the cap.
+/// min); beyond it the grid and the stream's own events stop collecting (so nothing grows for the
+/// rest of a long stream), `kws_eval_truncated_streams_total` counts the stream when it is evaluated,
+/// and its counters and summary cover only the audio and the labels before that point. Labelled
+/// corpora (`kws-client eval`) stream one file at a time, far below the cap.
 pub const MAX_GRID_EVENTS: usize = 2_000;
 /// At most this many labels per stream.
 pub const MAX_LABELS: usize = 100_000;
@@ -93,6 +94,8 @@ pub struct Evaluator {
     /// The stream's own events (at its thresholds): (class, time).
     own: Vec<(usize, u64)>,
     max_events: usize,
+    /// End of the last window evaluated (all of them until the grid is truncated).
+    covered_ms: u64,
 }
 
 impl Evaluator {
@@ -112,6 +115,7 @@ impl Evaluator {
             labels: Vec::new(),
             own: Vec::new(),
             max_events: settings.max_grid_events,
+            covered_ms: 0,
         }
     }
 
@@ -139,6 +143,12 @@ impl Evaluator {
 
     /// Feed one window's smoothed posteriors and the keyword the stream's decoder fired on it, if any.
     pub fn observe(&mut self, w: &WindowMeta, smoothed: &[f32], fired: Option<usize>) {
+        // Once the grid is full, the stream's own events stop too: both cover the same audio, and
+        // nothing grows for the rest of a long stream.
+        if self.grid.truncated() {
+            return;
+        }
+        self.covered_ms = w.end_ms;
         if let Some(k) = fired
             && self.own.len() < self.max_events
         {
@@ -154,12 +164,19 @@ impl Evaluator {
         if !self.known_negative && self.labels.is_empty() {
             return None;
         }
+        let mut audio_ms = audio_ms;
         if self.grid.truncated() {
             metrics::counter!(names::EVAL_TRUNCATED, "model" => model.to_string()).increment(1);
             tracing::warn!(
                 max = self.max_events,
+                evaluated_ms = self.covered_ms,
                 "evaluation grid truncated: only the first part of the stream is evaluated"
             );
+            // Count only the audio and the labels the truncated grid covers (a later label would
+            // count as a miss).
+            audio_ms = audio_ms.min(self.covered_ms);
+            let covered = self.covered_ms;
+            self.labels.retain(|l| l.end_ms <= covered);
         }
         let labels: &[Label] = if self.known_negative { &[] } else { &self.labels };
         let kind = if self.known_negative {
@@ -198,5 +215,54 @@ impl Evaluator {
             false_alarms: own.fp.iter().sum(),
             confusions: own.confusions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kws_models::{PcmFormat, StreamConfig};
+
+    use super::*;
+
+    #[test]
+    fn a_truncated_grid_evaluates_only_what_it_covers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tc-resnet8");
+        let m = Manifest::load(&dir).expect("manifest");
+        let r = Resolved {
+            stream: StreamConfig::from_manifest(&m, PcmFormat::native_s16()),
+            keywords: (0..m.keywords.len()).collect(),
+            proto: v1::ResolvedConfig::default(),
+            progress_ms: None,
+            trace: false,
+            known_negative: false,
+        };
+        // One grid event fills the grid: the stream is evaluated up to its first window.
+        let settings = EvalSettings::new(500, vec![0.5]).with_max_grid_events(1);
+        let mut e = Evaluator::new(&settings, &m, &r);
+        let label = |start_ms, end_ms| Label {
+            class: 0,
+            start_ms,
+            end_ms,
+        };
+        assert!(e.add_label(label(0, 1000)) && e.add_label(label(9000, 10_000)));
+        let mut smoothed = vec![0.0; m.num_classes()];
+        smoothed[0] = 0.9;
+        let w = |seq, end_ms| WindowMeta {
+            seq,
+            start_ms: end_ms - 1000,
+            end_ms,
+        };
+        e.observe(&w(0, 1000), &smoothed, Some(0));
+        for (i, end) in (2000..=10_000).step_by(1000).enumerate() {
+            e.observe(&w(i as u64 + 1, end), &smoothed, Some(0));
+        }
+        assert_eq!(
+            (e.own.len(), e.covered_ms),
+            (1, 1000),
+            "nothing kept after the grid is full"
+        );
+        let s = e.finish(10_000, "m").expect("labelled: evaluated");
+        // The label at 9-10 s lies beyond what was evaluated: neither a hit nor a miss.
+        assert_eq!((s.labels, s.hits, s.misses, s.false_alarms), (1, 1, 0, 0));
     }
 }

@@ -25,22 +25,11 @@ struct IdleCalls {
 }
 
 async fn open_idle(addr: SocketAddr, n: usize, tx: &Answers) -> IdleCalls {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (mut client, conn) = h2_connect(addr).await;
     let mut sends = Vec::new();
-    let mut client = client;
     for i in 0..n {
         client = client.ready().await.unwrap();
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/kws.v1.KeywordSpotting/Detect"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
+        let req = grpc_request(addr, "/kws.v1.KeywordSpotting/Detect", "application/grpc");
         let (response, send) = client.send_request(req, false).unwrap();
         sends.push(send);
         let tx = tx.clone();

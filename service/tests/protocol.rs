@@ -14,19 +14,9 @@ use common::*;
 /// POST `path` with `content-type` and an empty gRPC body; returns (HTTP status, grpc-status,
 /// grpc-message) from the response headers or trailers.
 async fn raw_call(addr: SocketAddr, path: &str, content_type: &str) -> (u16, String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (client, _conn) = h2_connect(addr).await;
     let mut client = client.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}{path}"))
-        .header("content-type", content_type)
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let req = grpc_request(addr, path, content_type);
     let (response, mut send) = client.send_request(req, false).unwrap();
     // An empty GetModelInfoRequest (default model name).
     send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
