@@ -228,6 +228,42 @@ fn main() -> ExitCode {
 }
 
 /// Print an error and return its exit status.
+/// When to tell the user that the server is behind. Paced in real time, falling behind means the
+/// server is overloaded: say so each time it happens (not at every progress message). Unpaced, a file
+/// is sent faster than real time and is always "behind": say it once, as information.
+#[derive(Debug)]
+struct BehindNotice {
+    realtime: bool,
+    behind: bool,
+    told: bool,
+}
+
+impl BehindNotice {
+    fn new(realtime: bool) -> Self {
+        Self {
+            realtime,
+            behind: false,
+            told: false,
+        }
+    }
+
+    /// The note to print for a progress message with this `behind` flag, if any.
+    fn update(&mut self, behind: bool) -> Option<&'static str> {
+        let started = behind && !self.behind;
+        self.behind = behind;
+        match (self.realtime, started, self.told) {
+            (true, true, _) => Some("the server is behind (overloaded: events come late, none is lost)"),
+            (false, true, false) => {
+                self.told = true;
+                Some(
+                    "the server is behind the audio sent (expected when a file is sent faster than real time; --realtime paces it)",
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
 fn fail(e: &ClientError) -> u8 {
     eprintln!("kws-client: {e}");
     if e.is_input_error() { USAGE } else { SERVER }
@@ -345,6 +381,7 @@ async fn detect(conn: &ConnArgs, a: DetectArgs) -> u8 {
         }
     });
     let mut responses = stream.responses;
+    let mut behind_notice = BehindNotice::new(a.realtime);
     let started = Instant::now();
     let mut events = 0u64;
     let mut status: Option<ClientError> = None;
@@ -375,10 +412,10 @@ async fn detect(conn: &ConnArgs, a: DetectArgs) -> u8 {
                 });
             }
             Ok(Some(Update::Progress(p))) => {
-                if p.behind {
+                if let Some(note) = behind_notice.update(p.behind) {
                     pb.suspend(|| {
                         eprintln!(
-                            "kws-client: the server is behind: {} ms received, {} ms processed",
+                            "kws-client: {note}: {} ms received, {} ms processed",
                             p.audio_ms_received, p.audio_ms_processed
                         );
                     });
@@ -655,4 +692,25 @@ async fn local_scores(
     Err(EvalError::Input(
         "--local needs kws-client built with the `local` feature".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BehindNotice;
+
+    #[test]
+    fn behind_is_told_once_unpaced_and_per_episode_in_real_time() {
+        let mut unpaced = BehindNotice::new(false);
+        let told: Vec<bool> = [false, true, true, true, false, true, true]
+            .iter()
+            .map(|&b| unpaced.update(b).is_some())
+            .collect();
+        assert_eq!(told, [false, true, false, false, false, false, false]);
+        let mut paced = BehindNotice::new(true);
+        let told: Vec<bool> = [true, true, true, false, false, true, true]
+            .iter()
+            .map(|&b| paced.update(b).is_some())
+            .collect();
+        assert_eq!(told, [true, false, false, false, false, true, false]);
+    }
 }

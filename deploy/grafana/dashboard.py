@@ -269,9 +269,11 @@ def build() -> dict:
     lay.add(timeseries(
         "Active streams vs limit",
         "How full is each pod? Detect streams in progress per pod against its max_streams limit "
-        "(dashed); beyond the limit new streams are refused.",
+        "(dashed); beyond the limit new streams are refused. Streams opened that have not sent their "
+        "config yet hold no slot and are shown apart (a flood of them evicts only itself).",
         [target("kws_active_streams", "{{pod}}", ref="A"),
-         target("kws_max_streams", "limit {{pod}}", ref="B")],
+         target("kws_max_streams", "limit {{pod}}", ref="B"),
+         target("kws_streams_awaiting_config", "awaiting config {{pod}}", ref="C")],
         overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
                     "properties": [{"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
                                    {"id": "custom.fillOpacity", "value": 0}]}]), 12, 8)
@@ -308,11 +310,14 @@ def build() -> dict:
         unit="short"), 8, 8)
     lay.add(timeseries(
         "Pod CPU and memory",
-        "Do the pods fit their requests? CPU cores used (left) and resident memory (right) per kws pod.",
+        "Do the pods fit their requests? CPU cores used (left), resident memory and the audio features "
+        "queued for scoring (right) per kws pod; the queue is bounded by max_queued_bytes, and streams "
+        "wait for room beyond it.",
         [target("rate(process_cpu_seconds_total[$__rate_interval]) and on (job, instance) kws_max_streams",
                 "cpu {{pod}}", ref="A"),
-         target("process_resident_memory_bytes and on (job, instance) kws_max_streams", "rss {{pod}}", ref="B")],
-        unit="short", overrides=[right_axis("B", "bytes")]), 12, 8)
+         target("process_resident_memory_bytes and on (job, instance) kws_max_streams", "rss {{pod}}", ref="B"),
+         target("kws_queued_bytes", "queued {{pod}}", ref="C")],
+        unit="short", overrides=[right_axis("B", "bytes"), right_axis("C", "bytes")]), 12, 8)
     lay.add({
         "type": "table", "title": "Loaded models",
         "description": "Which model versions does each pod serve? One row per pod and loaded model "

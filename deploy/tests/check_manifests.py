@@ -147,8 +147,12 @@ def main() -> int:
     check(target == math.floor(h * max_streams), f"HPA target {target} = floor(h*max_streams) = {math.floor(h * max_streams)}")
     check(hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == adapter["rules"][0]["name"]["as"],
           "HPA metric is the one prometheus-adapter exposes")
-    mem = quantity(a["kws/sizing-idle-memory"]) + max_streams * quantity(a["kws/sizing-memory-per-stream"])
-    check(quantity(req["memory"]) >= mem, f"memory request >= idle + max_streams*m = {mem / 2**20:.0f} Mi")
+    per_stream = quantity(a["kws/sizing-memory-per-stream"]) + quantity(a["kws/sizing-stream-buffers"])
+    queued = cfg["server"].get("max_queued_bytes", 128 << 20)
+    mem = (quantity(a["kws/sizing-idle-memory"]) + max_streams * per_stream + queued
+           + quantity(a["kws/sizing-event-store-memory"]))
+    check(quantity(req["memory"]) >= mem,
+          f"memory request >= idle + max_streams*(m + buffers) + max_queued_bytes + event store = {mem / 2**20:.0f} Mi")
     check(req == lim, "requests = limits (Guaranteed QoS)")
     check(cfg["batcher"]["workers"] == int(cores), "one inference worker per requested core")
 

@@ -10,7 +10,7 @@ On 127.0.0.1 with free ports:
   3. a workload through gRPC (stubs generated from proto/ now): labelled streams of the golden
      stream.wav with its keyword labels, known-negative streams (silence and a non-keyword), feedback,
      plus the events the dashboard shows as errors: an invalid config, streams refused at the stream
-     limit, a stream sent in one chunk (falls behind), a cancelled stream, a unary RPC that fails;
+     limit, a stream sent in one chunk (held back by the per-stream queue limit), a cancelled stream, a unary RPC that fails;
 then it asks Prometheus (HTTP API) for every PromQL expression of the recording rules, the Grafana
 dashboard (targets and template variables, with the variables substituted) and the prometheus-adapter
 rule, and fails on any error or empty result (JUSTIFIED_EMPTY lists the exceptions, with the reason).
@@ -226,7 +226,8 @@ class Workload:
                 self.errors.append(f"GetModelInfo of an unknown model: {e.code().name}, expected NOT_FOUND")
 
     def one_chunk(self) -> None:
-        """The whole file in one message: received far ahead of scoring, the stream reports `behind`."""
+        """The whole file in one message: received far ahead of scoring, enqueued in parts as the per-stream
+        queue limit allows (not `behind`: nothing waits on the client's side)."""
         self.detect(self.requests(self.stream_pcm, self.labels, chunk_ms=10_000, speed=0), "one-chunk")
 
     def cancelled(self) -> None:

@@ -11,8 +11,8 @@ per-stream leak shows). Latency = time from sending the chunk that completes the
 or KeywordEvent refers to, to receiving that message.
 
 Bounds (defaults; see RELIABILITY.md): comparing the first and the last fifth of the run after the
-warm-up, RSS may grow by at most max(--max-rss-growth-mib, 10 %), open fds by at most
---max-fd-growth, p99 latency by at most max(2x, +50 ms); no stream may fail.
+warm-up, RSS may grow by at most max(--max-rss-growth-mib, --max-rss-growth-pct, default 10 %),
+open fds by at most --max-fd-growth, threads not at all, p99 latency by at most max(2x, +50 ms); no stream may fail.
 
 Only 127.0.0.1: the script starts the server itself on free loopback ports (or attaches to one
 with --addr/--pid), and every loop is bounded by --duration-s.
@@ -248,11 +248,13 @@ def verdict(args, rows, stats: Stats, exit_code, out: Path) -> int:
         p99_0, p99_1 = med(first, 7), med(last, 7)
     except statistics.StatisticsError:
         p99_0 = p99_1 = float("nan")
-    rss_bound = max(args.max_rss_growth_mib, 0.10 * rss0)
+    rss_bound = max(args.max_rss_growth_mib, args.max_rss_growth_pct / 100 * rss0)
+    thr0, thr1 = med(first, 3), max(r[3] for r in last)
     p99_bound = max(2 * p99_0, p99_0 + 50)
     checks = {
         "rss_growth_mib": (round(rss1 - rss0, 2), round(rss_bound, 2), rss1 - rss0 <= rss_bound),
         "fd_growth": (fd1 - fd0, args.max_fd_growth, fd1 - fd0 <= args.max_fd_growth),
+        "thread_growth": (thr1 - thr0, 0, thr1 - thr0 <= 0),
         "p99_latency_ms": (round(p99_1, 1), round(p99_bound, 1), p99_1 <= p99_bound),
         "streams_failed": (stats.failed, 0, stats.failed == 0),
         "streams_ok": (stats.ok, ">0", stats.ok > 0),
@@ -262,7 +264,7 @@ def verdict(args, rows, stats: Stats, exit_code, out: Path) -> int:
     report = {
         "ok": ok,
         "streams": args.streams, "duration_s": args.duration_s, "stream_s": args.stream_s,
-        "rss_mib_first_last": [rss0, rss1], "fds_first_last": [fd0, fd1],
+        "rss_mib_first_last": [rss0, rss1], "fds_first_last": [fd0, fd1], "threads_first_last": [thr0, thr1],
         "p99_ms_first_last": [p99_0, p99_1],
         "checks": {k: {"value": v[0], "bound": v[1], "ok": v[2]} for k, v in checks.items()},
         "failures": stats.failures[:20],
@@ -313,6 +315,8 @@ def main() -> None:
     p.add_argument("--interval-s", type=float, default=15, help="sampling interval")
     p.add_argument("--warmup-s", type=float, default=120)
     p.add_argument("--max-rss-growth-mib", type=float, default=32)
+    p.add_argument("--max-rss-growth-pct", type=float, default=10,
+                   help="RSS may grow by max(--max-rss-growth-mib, this %% of the first fifth)")
     p.add_argument("--max-fd-growth", type=int, default=16)
     p.add_argument("--out", default="soak-out")
     args = p.parse_args()

@@ -39,6 +39,24 @@ pub struct ServerConfig {
     pub max_chunk_bytes: usize,
     /// Time allowed between opening a stream and its config message.
     pub first_message_timeout_ms: u64,
+    /// Streams that have not sent their config yet, on the whole server; a newer one evicts the
+    /// oldest (RESOURCE_EXHAUSTED). They hold none of the `max_streams` slots.
+    pub max_streams_awaiting_config: usize,
+    /// The same per HTTP/2 connection.
+    pub max_streams_awaiting_config_per_connection: usize,
+    /// Bytes of features (15 680 per window) queued for scoring, all streams together; beyond it
+    /// streams wait to enqueue (they stop reading their clients; nothing is dropped) and new streams
+    /// are refused. Size it from the pod's memory (deploy/README.md).
+    pub max_queued_bytes: usize,
+    /// HTTP/2 receive window of each stream: audio a client may send ahead of what the server has
+    /// read. It bounds what a stream that is held back (queue limits, overload) buffers on the
+    /// server; the default holds 4 s of 16-kHz s16 audio.
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 receive window of each connection (all its streams together).
+    pub http2_connection_window_bytes: u32,
+    /// Every this often, free heap memory is given back to the operating system (glibc
+    /// `malloc_trim`); 0 = never.
+    pub memory_trim_interval_ms: u64,
     /// A stream with no message for this long is ended (DEADLINE_EXCEEDED).
     pub idle_timeout_ms: u64,
     /// Longest stream lifetime (DEADLINE_EXCEEDED after it).
@@ -55,17 +73,21 @@ pub struct ServerConfig {
     pub behind_threshold_ms: u64,
     /// Default progress message interval (audio ms).
     pub progress_interval_ms: u32,
-    /// Windows a stream may have queued for scoring; beyond it the server stops reading that
-    /// stream's audio (HTTP/2 flow control slows the client; nothing is dropped).
+    /// Windows a stream may have queued for scoring (15 680 bytes each); beyond it the server stops
+    /// reading that stream's audio (HTTP/2 flow control slows the client; nothing is dropped), and a
+    /// large chunk is scored in parts.
     pub max_inflight_windows: usize,
     /// Optional plaintext listener serving only grpc.health.v1 (for probes when TLS or tokens are on).
     pub health_listen: Option<SocketAddr>,
     /// Connections stop taking new streams after this age (GOAWAY), so client-side load balancing
     /// picks up new pods; 0 = never. Streams already open may run to their lifetime limit.
     pub max_connection_age_ms: u64,
-    /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches)
-    /// exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
-    /// makes the excess wait instead of making every admitted stream late. 0 = off.
+    /// Load shedding: while the scoring queue wait of a model (smoothed over its recent batches), or
+    /// the lag of the runtime's threads that read and prepare the audio (smoothed), exceeds this, new streams for that model are refused with RESOURCE_EXHAUSTED, so CPU saturation
+    /// makes the excess wait instead of making every admitted stream late. New streams are also
+    /// refused while the queued feature bytes exceed 90 % of `max_queued_bytes`, and, while the
+    /// wait exceeds a quarter of this, when max(4, active/16) admitted streams have not had their
+    /// first window scored yet (a burst would overshoot the capacity). 0 = all three off.
     pub shed_queue_wait_ms: u64,
     /// TLS handshakes that take longer are dropped (slow or stuck clients hold no resources).
     pub tls_handshake_timeout_ms: u64,
@@ -83,7 +105,13 @@ impl Default for ServerConfig {
             max_streams: 256,
             max_streams_per_connection: 1024,
             max_chunk_bytes: 1 << 20,
-            first_message_timeout_ms: 10_000,
+            first_message_timeout_ms: 3_000,
+            max_streams_awaiting_config: 128,
+            max_streams_awaiting_config_per_connection: 32,
+            max_queued_bytes: 128 << 20,
+            memory_trim_interval_ms: 10_000,
+            http2_stream_window_bytes: 128 << 10,
+            http2_connection_window_bytes: 1 << 20,
             idle_timeout_ms: 30_000,
             max_stream_lifetime_ms: 4 * 3600 * 1000,
             drain_grace_ms: 30_000,
@@ -91,10 +119,10 @@ impl Default for ServerConfig {
             slow_reader_timeout_ms: 10_000,
             behind_threshold_ms: 2_000,
             progress_interval_ms: 1_000,
-            max_inflight_windows: 256,
+            max_inflight_windows: 64,
             health_listen: None,
             max_connection_age_ms: 30 * 60 * 1000,
-            shed_queue_wait_ms: 1_000,
+            shed_queue_wait_ms: 100,
             tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
             event_retention_max: 200_000,
@@ -222,6 +250,9 @@ pub struct EvaluationConfig {
     pub tolerance_ms: u64,
     /// Threshold grid evaluated on labelled/negative streams (each in (0, 1), ascending).
     pub thresholds: Vec<f32>,
+    /// Grid events kept per stream (16 bytes each; every stream keeps them, since labels may come
+    /// after the audio); beyond it only the first part of a stream is evaluated.
+    pub max_grid_events: usize,
 }
 
 impl Default for EvaluationConfig {
@@ -229,6 +260,7 @@ impl Default for EvaluationConfig {
         Self {
             tolerance_ms: 500,
             thresholds: (1..20).map(|i| i as f32 * 0.05).collect(),
+            max_grid_events: crate::eval::MAX_GRID_EVENTS,
         }
     }
 }
@@ -374,14 +406,44 @@ impl Config {
             ("server.progress_interval_ms", u64::from(s.progress_interval_ms)),
             ("server.max_inflight_windows", s.max_inflight_windows as u64),
             ("server.event_retention_max", s.event_retention_max as u64),
+            (
+                "server.max_streams_awaiting_config",
+                s.max_streams_awaiting_config as u64,
+            ),
+            (
+                "server.max_streams_awaiting_config_per_connection",
+                s.max_streams_awaiting_config_per_connection as u64,
+            ),
             ("batcher.max_batch", self.batcher.max_batch as u64),
             ("batcher.workers", self.batcher.workers as u64),
             ("batcher.intra_threads", self.batcher.intra_threads as u64),
             ("batcher.queue_capacity", self.batcher.queue_capacity as u64),
+            (
+                "evaluation.max_grid_events",
+                self.evaluation.max_grid_events as u64,
+            ),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(bad(format!("{name} must be > 0")));
+            }
+        }
+        let window = kws_models::frontend::WINDOW_VALUES * 4;
+        let job = self.batcher.max_batch.max(s.max_inflight_windows) * window;
+        if s.max_queued_bytes < job || s.max_queued_bytes / window > u32::MAX as usize {
+            return Err(bad(format!(
+                "server.max_queued_bytes must be at least {job} (max(batcher.max_batch, server.max_inflight_windows) windows of {window} bytes) and below 64 TiB"
+            )));
+        }
+        for (name, v) in [
+            ("server.http2_stream_window_bytes", s.http2_stream_window_bytes),
+            (
+                "server.http2_connection_window_bytes",
+                s.http2_connection_window_bytes,
+            ),
+        ] {
+            if !(65_535..=(1 << 31) - 1).contains(&v) {
+                return Err(bad(format!("{name} must be in 65535..=2147483647")));
             }
         }
         if s.max_chunk_bytes > 64 << 20 {

@@ -33,6 +33,26 @@ pub enum ServiceError {
         limit_ms: u64,
         retry_ms: u64,
     },
+    /// Load shedding near saturation: the queue wait is rising and streams admitted moments ago
+    /// have not added their load yet (their first window needs 1 s of audio).
+    #[error(
+        "server near saturation: scoring of model {model} waits {wait_ms} ms in queue and {warming} streams admitted in the last seconds have not started scoring yet; retry after {retry_ms} ms"
+    )]
+    Ramping {
+        model: String,
+        wait_ms: u64,
+        warming: usize,
+        retry_ms: u64,
+    },
+    /// Load shedding: the feature bytes queued by all streams are near `max_queued_bytes`.
+    #[error(
+        "server saturated: {queued_mib} MiB of audio features wait for scoring (limit {limit_mib} MiB); retry after {retry_ms} ms"
+    )]
+    QueueFull {
+        queued_mib: usize,
+        limit_mib: usize,
+        retry_ms: u64,
+    },
     /// The client does not read its responses.
     #[error("client read no response for {0} ms while its response buffer was full; stream ended")]
     SlowReader(u64),
@@ -41,6 +61,16 @@ pub enum ServiceError {
     Draining,
     #[error("no config message within {0} ms of opening the stream")]
     FirstMessageTimeout(u64),
+    /// A stream still waiting for its config was evicted by a newer one: the budget of waiting
+    /// streams (of its connection or of the server) was full.
+    #[error(
+        "stream evicted before its config: {limit} streams {scope} were waiting for their config message (the limit) and this one had waited longest; send the StreamConfig as the first message at once; retry after {retry_ms} ms"
+    )]
+    AwaitingConfigEvicted {
+        scope: &'static str,
+        limit: usize,
+        retry_ms: u64,
+    },
     #[error("no message for {0} ms; stream ended as idle")]
     Idle(u64),
     #[error("stream exceeded its maximum lifetime of {0} ms")]
@@ -65,6 +95,9 @@ impl ServiceError {
             | ServiceError::UnknownModel { .. } => "invalid_argument",
             ServiceError::Overloaded { .. }
             | ServiceError::Saturated { .. }
+            | ServiceError::AwaitingConfigEvicted { .. }
+            | ServiceError::QueueFull { .. }
+            | ServiceError::Ramping { .. }
             | ServiceError::SlowReader(_) => "resource_exhausted",
             ServiceError::Draining => "unavailable",
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
@@ -86,7 +119,11 @@ impl From<ServiceError> for Status {
             | ServiceError::Protocol(_)
             | ServiceError::BadMessage(_)
             | ServiceError::UnknownModel { .. } => Status::invalid_argument(msg),
-            ServiceError::Overloaded { retry_ms, .. } | ServiceError::Saturated { retry_ms, .. } => {
+            ServiceError::Overloaded { retry_ms, .. }
+            | ServiceError::Saturated { retry_ms, .. }
+            | ServiceError::AwaitingConfigEvicted { retry_ms, .. }
+            | ServiceError::QueueFull { retry_ms, .. }
+            | ServiceError::Ramping { retry_ms, .. } => {
                 let mut s = Status::resource_exhausted(msg);
                 // gRFC A6 retry pushback: clients with retry policies wait this long.
                 if let Ok(v) = retry_ms.to_string().parse() {

@@ -11,13 +11,16 @@ use kws_proto::v1;
 use crate::session::Resolved;
 use crate::telemetry::names;
 
-/// At most this many grid events (one per firing per grid threshold, 16 bytes each) are kept per
-/// stream, and as many of the stream's own events: ≤ 640 KB per stream with `Vec` growth slack.
-/// Every stream collects them (labels may arrive after the audio they describe). The soak measured
-/// ~0.5 KB of growth per event on a keyword-dense stream, so a long stream of conversation reaches the
-/// cap after some hours; beyond it the grid stops collecting and the stream's counters cover only the
-/// audio before that point.
-pub const MAX_GRID_EVENTS: usize = 20_000;
+/// Default of `evaluation.max_grid_events`: at most this many grid events (one per firing per grid
+/// threshold, 16 bytes each) are kept per stream, and as many of the stream's own events: ≤ 64 KB per
+/// stream with `Vec` growth slack. Every stream collects them (labels may arrive after the audio they
+/// describe), so this is memory every long stream ends up holding. A keyword-dense stream fires ~19
+/// grid thresholds per keyword, so it reaches the cap after ~100 keywords (the soak's streams: ~2.5
+/// min); beyond it the grid and the stream's own events stop collecting (so nothing grows for the
+/// rest of a long stream), `kws_eval_truncated_streams_total` counts the stream when it is evaluated,
+/// and its counters and summary cover only the audio and the labels before that point. Labelled
+/// corpora (`kws-client eval`) stream one file at a time, far below the cap.
+pub const MAX_GRID_EVENTS: usize = 2_000;
 /// At most this many labels per stream.
 pub const MAX_LABELS: usize = 100_000;
 
@@ -28,6 +31,8 @@ pub struct EvalSettings {
     pub grid: Vec<f32>,
     /// The grid as metric label values ("0.05", ...), formatted once.
     pub grid_labels: Vec<String>,
+    /// Grid events (and own events) kept per stream.
+    pub max_grid_events: usize,
 }
 
 impl EvalSettings {
@@ -37,7 +42,14 @@ impl EvalSettings {
             tolerance_ms,
             grid,
             grid_labels,
+            max_grid_events: MAX_GRID_EVENTS,
         }
+    }
+
+    /// The same with another per-stream cap of grid events.
+    pub fn with_max_grid_events(mut self, n: usize) -> Self {
+        self.max_grid_events = n;
+        self
     }
 }
 
@@ -81,6 +93,9 @@ pub struct Evaluator {
     labels: Vec<Label>,
     /// The stream's own events (at its thresholds): (class, time).
     own: Vec<(usize, u64)>,
+    max_events: usize,
+    /// End of the last window evaluated (all of them until the grid is truncated).
+    covered_ms: u64,
 }
 
 impl Evaluator {
@@ -90,7 +105,7 @@ impl Evaluator {
                 &settings.grid,
                 &r.keywords,
                 r.stream.decoder.refractory_ms,
-                MAX_GRID_EVENTS,
+                settings.max_grid_events,
             ),
             grid_labels: settings.grid_labels.clone(),
             tolerance_ms: settings.tolerance_ms,
@@ -99,6 +114,8 @@ impl Evaluator {
             known_negative: r.known_negative,
             labels: Vec::new(),
             own: Vec::new(),
+            max_events: settings.max_grid_events,
+            covered_ms: 0,
         }
     }
 
@@ -126,8 +143,14 @@ impl Evaluator {
 
     /// Feed one window's smoothed posteriors and the keyword the stream's decoder fired on it, if any.
     pub fn observe(&mut self, w: &WindowMeta, smoothed: &[f32], fired: Option<usize>) {
+        // Once the grid is full, the stream's own events stop too: both cover the same audio, and
+        // nothing grows for the rest of a long stream.
+        if self.grid.truncated() {
+            return;
+        }
+        self.covered_ms = w.end_ms;
         if let Some(k) = fired
-            && self.own.len() < MAX_GRID_EVENTS
+            && self.own.len() < self.max_events
         {
             self.own.push((k, event_time(w.start_ms, w.end_ms)));
         }
@@ -141,8 +164,19 @@ impl Evaluator {
         if !self.known_negative && self.labels.is_empty() {
             return None;
         }
+        let mut audio_ms = audio_ms;
         if self.grid.truncated() {
-            tracing::warn!(max = MAX_GRID_EVENTS, "evaluation grid truncated");
+            metrics::counter!(names::EVAL_TRUNCATED, "model" => model.to_string()).increment(1);
+            tracing::warn!(
+                max = self.max_events,
+                evaluated_ms = self.covered_ms,
+                "evaluation grid truncated: only the first part of the stream is evaluated"
+            );
+            // Count only the audio and the labels the truncated grid covers (a later label would
+            // count as a miss).
+            audio_ms = audio_ms.min(self.covered_ms);
+            let covered = self.covered_ms;
+            self.labels.retain(|l| l.end_ms <= covered);
         }
         let labels: &[Label] = if self.known_negative { &[] } else { &self.labels };
         let kind = if self.known_negative {
@@ -181,5 +215,54 @@ impl Evaluator {
             false_alarms: own.fp.iter().sum(),
             confusions: own.confusions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kws_models::{PcmFormat, StreamConfig};
+
+    use super::*;
+
+    #[test]
+    fn a_truncated_grid_evaluates_only_what_it_covers() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tc-resnet8");
+        let m = Manifest::load(&dir).expect("manifest");
+        let r = Resolved {
+            stream: StreamConfig::from_manifest(&m, PcmFormat::native_s16()),
+            keywords: (0..m.keywords.len()).collect(),
+            proto: v1::ResolvedConfig::default(),
+            progress_ms: None,
+            trace: false,
+            known_negative: false,
+        };
+        // One grid event fills the grid: the stream is evaluated up to its first window.
+        let settings = EvalSettings::new(500, vec![0.5]).with_max_grid_events(1);
+        let mut e = Evaluator::new(&settings, &m, &r);
+        let label = |start_ms, end_ms| Label {
+            class: 0,
+            start_ms,
+            end_ms,
+        };
+        assert!(e.add_label(label(0, 1000)) && e.add_label(label(9000, 10_000)));
+        let mut smoothed = vec![0.0; m.num_classes()];
+        smoothed[0] = 0.9;
+        let w = |seq, end_ms| WindowMeta {
+            seq,
+            start_ms: end_ms - 1000,
+            end_ms,
+        };
+        e.observe(&w(0, 1000), &smoothed, Some(0));
+        for (i, end) in (2000..=10_000).step_by(1000).enumerate() {
+            e.observe(&w(i as u64 + 1, end), &smoothed, Some(0));
+        }
+        assert_eq!(
+            (e.own.len(), e.covered_ms),
+            (1, 1000),
+            "nothing kept after the grid is full"
+        );
+        let s = e.finish(10_000, "m").expect("labelled: evaluated");
+        // The label at 9-10 s lies beyond what was evaluated: neither a hit nor a miss.
+        assert_eq!((s.labels, s.hits, s.misses, s.false_alarms), (1, 1, 0, 0));
     }
 }

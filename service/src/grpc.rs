@@ -1,5 +1,5 @@
-//! Thin gRPC handlers: admission, first-message validation, model lookups, feedback. The stream
-//! itself runs in `session`.
+//! Thin gRPC handlers: admission (two stages, see `admission`), first-message validation, model
+//! lookups, feedback. The stream itself runs in `session`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,9 +8,10 @@ use kws_proto::v1::keyword_spotting_server::KeywordSpotting;
 use kws_proto::v1::{self, detect_request};
 use tonic::{Request, Response, Status};
 
+use crate::admission::Scope;
 use crate::error::ServiceError;
 use crate::registry::Registry;
-use crate::session::{self, ResponseStream, SessionDeps};
+use crate::session::{self, ResponseStream, SessionDeps, WINDOW_BYTES};
 use crate::shutdown::Phase;
 use crate::telemetry::names;
 
@@ -45,33 +46,49 @@ impl KeywordSpotting for KwsService {
         if *self.deps.phase.borrow() != Phase::Running {
             return Err(reject(ServiceError::Draining, "rejected"));
         }
-        let max = self.deps.server.max_streams;
-        let permit = self.deps.active.clone().try_acquire_owned().map_err(|_| {
-            reject(
-                ServiceError::Overloaded {
-                    max,
-                    retry_ms: RETRY_AFTER_MS,
-                },
-                "rejected",
-            )
-        })?;
+        // Stage 1 (see `admission`): a place among the streams awaiting their config, not a slot.
+        let mut awaiting = self.deps.awaiting.enter(request.remote_addr());
         let mut inbound = request.into_inner();
         let wait = Duration::from_millis(self.deps.server.first_message_timeout_ms);
-        let first = match tokio::time::timeout(wait, inbound.message()).await {
-            Err(_) => {
+        let mut phase = self.deps.phase.clone();
+        let first = tokio::select! {
+            m = inbound.message() => m,
+            _ = tokio::time::sleep(wait) => {
                 return Err(reject(
                     ServiceError::FirstMessageTimeout(wait.as_millis() as u64),
                     "streams",
                 ));
             }
-            Ok(Err(status)) => {
+            scope = &mut awaiting.evicted => {
+                let (total, per_connection) = self.deps.awaiting.limits();
+                let e = match scope {
+                    Ok(Scope::Connection) => ServiceError::AwaitingConfigEvicted {
+                        scope: "on this connection",
+                        limit: per_connection,
+                        retry_ms: RETRY_AFTER_MS,
+                    },
+                    _ => ServiceError::AwaitingConfigEvicted {
+                        scope: "on this server",
+                        limit: total,
+                        retry_ms: RETRY_AFTER_MS,
+                    },
+                };
+                return Err(reject(e, "rejected"));
+            }
+            _ = phase.wait_for(|p| *p != Phase::Running) => {
+                return Err(reject(ServiceError::Draining, "rejected"));
+            }
+        };
+        drop(awaiting);
+        let first = match first {
+            Err(status) => {
                 if let Some(e) = session::inbound_error(&status, self.deps.server.max_chunk_bytes) {
                     return Err(reject(e, "streams"));
                 }
                 metrics::counter!(names::STREAMS, "outcome" => "cancelled").increment(1);
                 return Err(status);
             }
-            Ok(Ok(first)) => first,
+            Ok(first) => first,
         };
         let config = match first.and_then(|r| r.request) {
             Some(detect_request::Request::Config(c)) => c,
@@ -114,7 +131,8 @@ impl KeywordSpotting for KwsService {
         // Load shedding: when this model's scoring queue already waits too long, one more stream
         // would make every admitted stream later; refuse it instead.
         let limit_ms = self.deps.server.shed_queue_wait_ms;
-        let wait = model.batcher.queue_wait();
+        // The later of the model's scoring queue and the runtime (reading audio, frontend).
+        let wait = model.batcher.queue_wait().max(self.deps.runtime_lag.current());
         if limit_ms > 0 && wait > Duration::from_millis(limit_ms) {
             return Err(reject(
                 ServiceError::Saturated {
@@ -125,6 +143,51 @@ impl KeywordSpotting for KwsService {
                 },
                 "rejected",
             ));
+        }
+        // Near saturation (the wait above a quarter of the limit), admit only a few streams whose
+        // load has not shown yet: a stream scores its first window after 1 s of audio, so a burst
+        // admitted faster than that would overshoot the capacity before the queue wait could tell.
+        let warming = self.deps.warming.load(std::sync::atomic::Ordering::Relaxed);
+        let active = self.deps.server.max_streams - self.deps.active.available_permits();
+        if limit_ms > 0 && wait > Duration::from_millis(limit_ms / 4) && warming >= (active / 16).max(4) {
+            return Err(reject(
+                ServiceError::Ramping {
+                    model: model.name.clone(),
+                    wait_ms: wait.as_millis() as u64,
+                    warming,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            ));
+        }
+        // The same when the windows queued by all streams fill 90 % of `max_queued_bytes` (the
+        // queue wait cannot grow beyond what that budget holds). `shed_queue_wait_ms = 0` turns both
+        // off.
+        let total = self.deps.server.max_queued_bytes / WINDOW_BYTES;
+        let free = self.deps.queued.available_permits();
+        if limit_ms > 0 && free < total / 10 {
+            return Err(reject(
+                ServiceError::QueueFull {
+                    queued_mib: (total.saturating_sub(free) * WINDOW_BYTES) >> 20,
+                    limit_mib: self.deps.server.max_queued_bytes >> 20,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            ));
+        }
+        // Stage 2: a configured stream takes one of the `max_streams` slots.
+        let max = self.deps.server.max_streams;
+        let permit = self.deps.active.clone().try_acquire_owned().map_err(|_| {
+            reject(
+                ServiceError::Overloaded {
+                    max,
+                    retry_ms: RETRY_AFTER_MS,
+                },
+                "rejected",
+            )
+        })?;
+        if *self.deps.phase.borrow() != Phase::Running {
+            return Err(reject(ServiceError::Draining, "rejected"));
         }
         let stream = session::start(
             inbound,

@@ -16,6 +16,8 @@
 //! - [`registry`]: served models; [`eval`]: live evaluation on labelled streams; [`feedback`]: event ids.
 //! - [`telemetry`]: metric names and logging; [`shutdown`]: drain; [`server`]: wiring it together.
 //! - [`auth`]: bearer tokens (interceptor, reload); [`tls`]: TLS and mTLS settings.
+//! - [`admission`]: streams awaiting their config vs configured streams; [`memory`]: heap trimming;
+//!   [`guard`]: HTTP 415 for non-gRPC requests, a message for UNIMPLEMENTED.
 //!
 //! Guarantees, limits and the status of every bad input: `RELIABILITY.md`.
 
@@ -23,6 +25,7 @@
 // `expect` or `panic!` either (the fuzz target and property tests look for the rest).
 #![cfg_attr(not(test), deny(clippy::expect_used, clippy::panic))]
 
+pub mod admission;
 pub mod auth;
 pub mod batcher;
 pub mod config;
@@ -30,6 +33,8 @@ pub mod error;
 pub mod eval;
 pub mod feedback;
 pub mod grpc;
+pub mod guard;
+pub mod memory;
 pub mod registry;
 pub mod server;
 pub mod session;

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kws_models::decoder::MS_PER_FRAME;
+use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
 use kws_proto::v1;
 
@@ -67,8 +68,18 @@ impl Registry {
                 library: config.models.ort_library.clone(),
             };
             let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
+            // The largest batch a worker can form: it adds jobs (each at most max_batch windows)
+            // while it holds fewer than max_batch windows.
+            let largest = 2 * config.batcher.max_batch - 1;
             for _ in 0..config.batcher.workers {
-                let s = OnnxScorer::new(&manifest, &variant, &options).map_err(|e| fail(e.to_string()))?;
+                let mut s =
+                    OnnxScorer::new(&manifest, &variant, &options).map_err(|e| fail(e.to_string()))?;
+                // Score that batch once now: ONNX Runtime's memory arena keeps what its largest run
+                // needed, so it reaches its final size at start-up instead of in steps whenever a
+                // load spike first forms a bigger batch (seen as RSS steps in the soak).
+                let mut probs = vec![0.0; largest * manifest.num_classes()];
+                s.score(&vec![0.0; largest * WINDOW_VALUES], &mut probs)
+                    .map_err(|e| fail(format!("warm-up batch of {largest} windows: {e}")))?;
                 scorers.push(Box::new(s));
             }
             let settings = BatcherSettings {

@@ -13,14 +13,16 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use crate::admission::AwaitingBudget;
 use crate::auth::{self, Auth, AuthInterceptor};
 
 use crate::config::Config;
 use crate::eval::EvalSettings;
 use crate::feedback::EventStore;
 use crate::grpc::KwsService;
+use crate::guard::GrpcGuardLayer;
 use crate::registry::Registry;
-use crate::session::SessionDeps;
+use crate::session::{SessionDeps, WINDOW_BYTES};
 use crate::shutdown::{Phase, drain};
 use crate::telemetry::names;
 
@@ -35,6 +37,14 @@ pub async fn serve(
     let active = Arc::new(Semaphore::new(max));
     metrics::gauge!(names::MAX_STREAMS).set(max as f64);
     metrics::gauge!(names::ACTIVE_STREAMS).set(0.0);
+    let queued_windows = config.server.max_queued_bytes / WINDOW_BYTES;
+    let queued = Arc::new(Semaphore::new(queued_windows));
+    metrics::gauge!(names::MAX_QUEUED_BYTES).set((queued_windows * WINDOW_BYTES) as f64);
+    let sampler = tokio::spawn(sample_queued(queued.clone(), queued_windows));
+    let _trimmer = match config.server.memory_trim_interval_ms {
+        0 => None,
+        ms => Some(crate::memory::spawn_trimmer(Duration::from_millis(ms))?),
+    };
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let deps = SessionDeps {
         server: Arc::new(config.server.clone()),
@@ -43,12 +53,23 @@ pub async fn serve(
             Duration::from_millis(config.server.event_retention_ms),
             config.server.event_retention_max,
         )),
-        evaluation: Arc::new(EvalSettings::new(
-            config.evaluation.tolerance_ms,
-            config.evaluation.thresholds.clone(),
-        )),
+        evaluation: Arc::new(
+            EvalSettings::new(
+                config.evaluation.tolerance_ms,
+                config.evaluation.thresholds.clone(),
+            )
+            .with_max_grid_events(config.evaluation.max_grid_events),
+        ),
         active: active.clone(),
+        awaiting: AwaitingBudget::new(
+            config.server.max_streams_awaiting_config,
+            config.server.max_streams_awaiting_config_per_connection,
+        ),
+        queued,
+        warming: Default::default(),
+        runtime_lag: Default::default(),
     };
+    let lag_probe = tokio::spawn(probe_runtime_lag(deps.runtime_lag.clone()));
     crate::telemetry::register_server();
     let cpu = kws_models::cpu::detect();
     // Logged once at start: the int8 kernel family decides the int8 models' arithmetic, so it is
@@ -70,10 +91,15 @@ pub async fn serve(
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeywordSpottingServer<KwsService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kws_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl and tonic speak v1; grpcio-reflection, Postman and older
+    // grpcurl/evans only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kws_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     // Room for the protobuf framing around the largest chunk; beyond it tonic refuses the message
     // before decoding it (the session turns that into INVALID_ARGUMENT with the limit).
     let kws = KeywordSpottingServer::new(svc)
@@ -135,24 +161,58 @@ pub async fn serve(
             .max_connection_age_grace(Duration::from_millis(config.server.max_stream_lifetime_ms));
     }
     let served = builder
+        .layer(GrpcGuardLayer)
         .tcp_nodelay(true)
         .http2_max_header_list_size(Some(MAX_HEADER_LIST_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.server.max_streams_per_connection)
+        // Small receive windows: a stream the server holds back buffers at most this much.
+        .initial_stream_window_size(config.server.http2_stream_window_bytes)
+        .initial_connection_window_size(config.server.http2_connection_window_bytes)
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(kws)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), on_shutdown)
         .await;
     if let Some(w) = watcher {
         w.abort();
     }
+    sampler.abort();
+    lag_probe.abort();
     if let Some(h) = health_only {
         h.abort();
     }
     served?;
     Ok(())
+}
+
+/// Export the bytes queued for scoring every 100 ms (sampled, so the per-job path updates no metric).
+async fn sample_queued(queued: Arc<Semaphore>, total: usize) {
+    let gauge = metrics::gauge!(names::QUEUED_BYTES);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let used = total.saturating_sub(queued.available_permits());
+        gauge.set((used * WINDOW_BYTES) as f64);
+    }
+}
+
+/// Measure how late a timer task wakes up (every 20 ms): when the CPU is short, the runtime's
+/// threads (which read the clients' audio and run the frontend) fall behind before the scoring
+/// queue does, so admission looks at this lag too.
+async fn probe_runtime_lag(lag: Arc<crate::batcher::QueueWait>) {
+    let period = Duration::from_millis(20);
+    let gauge = metrics::gauge!(names::RUNTIME_LAG);
+    for i in 0u64.. {
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(period).await;
+        lag.record(t0.elapsed().saturating_sub(period));
+        if i % 50 == 0 {
+            gauge.set(lag.current().as_secs_f64());
+        }
+    }
 }
 
 /// Largest accepted request header block (metadata), in bytes.

@@ -3,7 +3,10 @@
 //!
 //! Backpressure, in order of what fills up first:
 //! - windows queued for scoring above `max_inflight_windows`: the task stops reading the client's
-//!   messages until replies come back (HTTP/2 flow control then slows the client);
+//!   messages until replies come back (HTTP/2 flow control then slows the client); a large chunk is
+//!   enqueued in parts as replies come back;
+//! - feature bytes queued by all streams above `max_queued_bytes`: the stream waits for room (it
+//!   applies its own replies meanwhile, so waiting never deadlocks);
 //! - the batcher queue: `submit` waits;
 //! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
 //!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
@@ -42,8 +45,12 @@ use crate::telemetry::names;
 /// Input frames handled per step before yielding to the runtime, so a large chunk does not hold a
 /// tokio worker for long (~1 ms of work per step at 48 kHz).
 const FRAMES_PER_STEP: usize = 4096;
-/// Spare feature buffers kept per stream for reuse.
+/// Shortest time a stream stays `behind` once flagged (no flapping at the queue limits).
+const BEHIND_HOLD: Duration = Duration::from_secs(2);
+/// Spare feature buffers kept per stream for reuse...
 const SPARE_BUFFERS: usize = 4;
+/// ... each of at most this many windows (a real-time stream's jobs hold one).
+const SPARE_MAX_WINDOWS: usize = 4;
 
 /// What a stream asked for, after validation and defaults.
 #[derive(Debug, Clone)]
@@ -85,12 +92,24 @@ pub fn resolve(
         PcmFormat::new(encoding, cfg.sample_rate_hz, channels).map_err(|e| invalid(e.to_string()))?;
     let known = m.keywords.join(", ");
     let mut enabled = vec![cfg.keywords.is_empty(); m.keywords.len()];
+    if cfg.keywords.len() > m.keywords.len() {
+        return Err(invalid(format!(
+            "{} keywords listed, but the model has only {}: list each keyword at most once ({known})",
+            cfg.keywords.len(),
+            m.keywords.len()
+        )));
+    }
     for k in &cfg.keywords {
         let i = m.keyword_index(k).ok_or_else(|| {
             invalid(format!(
                 "unknown keyword {k:?} in keywords: the model's keywords are {known}"
             ))
         })?;
+        if enabled[i] {
+            return Err(invalid(format!(
+                "keyword {k:?} is listed twice in keywords: list each keyword at most once"
+            )));
+        }
         enabled[i] = true;
     }
     let mut thresholds = m.default_thresholds();
@@ -257,8 +276,38 @@ pub struct SessionDeps {
     pub phase: watch::Receiver<Phase>,
     pub events: Arc<EventStore>,
     pub evaluation: Arc<crate::eval::EvalSettings>,
+    /// Slots of configured streams (`max_streams` permits).
     pub active: Arc<Semaphore>,
+    /// Streams that have not sent their config yet (see `admission`).
+    pub awaiting: Arc<crate::admission::AwaitingBudget>,
+    /// Process-wide budget of windows queued for scoring (`max_queued_bytes / WINDOW_BYTES`).
+    pub queued: Arc<Semaphore>,
+    /// How late the runtime's tasks run (smoothed): audio waits this long before it is even read
+    /// and fed to the frontend when the CPU is short (see `server::probe_runtime_lag`).
+    pub runtime_lag: Arc<crate::batcher::QueueWait>,
+    /// Admitted streams whose first window has not been scored yet (their load does not show).
+    pub warming: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Counts a stream in [`SessionDeps::warming`] until its first window is scored (or it ends).
+#[derive(Debug)]
+struct Warming(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Warming {
+    fn new(n: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Warming {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bytes of one window of features.
+pub const WINDOW_BYTES: usize = WINDOW_VALUES * std::mem::size_of::<f32>();
 
 /// Start a session for an admitted stream whose config message has been validated. Returns the
 /// response stream; the session runs as its own task and holds `permit` until it ends.
@@ -283,6 +332,7 @@ pub fn start(
     let session = Session {
         id: stream_id,
         evaluator: Evaluator::new(&deps.evaluation, &model.manifest, &resolved),
+        warming: Some(Warming::new(&deps.warming)),
         model,
         resolved,
         spotter,
@@ -300,6 +350,9 @@ pub fn start(
         processed_counted_ms: 0,
         next_progress_ms: 0,
         behind: false,
+        behind_since: None,
+        first_audio: None,
+        throttled: false,
         events: 0,
         windows: 0,
     };
@@ -368,6 +421,8 @@ struct Pending {
     windows: Vec<WindowMeta>,
     arrived: Instant,
     rx: oneshot::Receiver<JobResult>,
+    /// This job's share of the process-wide budget, returned once its reply is applied.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
 struct Session {
@@ -390,9 +445,16 @@ struct Session {
     processed_counted_ms: u64,
     next_progress_ms: u64,
     behind: bool,
+    /// When `behind` last became true (it is held for at least [`BEHIND_HOLD`]).
+    behind_since: Option<Instant>,
+    /// When the first audio arrived: a real-time client has sent `now - first_audio` of audio.
+    first_audio: Option<Instant>,
+    /// The server held this stream back (per-stream or process-wide queue limit) at its last read.
+    throttled: bool,
     events: u64,
     windows: u64,
     evaluator: Evaluator,
+    warming: Option<Warming>,
 }
 
 /// Why the main loop stopped reading the client.
@@ -497,6 +559,9 @@ impl Session {
                 return End::Closed(ServiceError::Draining);
             }
             let can_read = self.inflight_windows < server.max_inflight_windows;
+            if !can_read {
+                self.throttled = true;
+            }
             let mut head = self.pending.pop_front();
             let tx = self.tx.clone();
             tokio::select! {
@@ -569,6 +634,8 @@ impl Session {
 
     async fn audio(&mut self, data: Vec<u8>) -> Result<(), End> {
         let arrived = Instant::now();
+        self.first_audio.get_or_insert(arrived);
+        self.throttled = false;
         let format = self.spotter.format();
         check_chunk(&data, self.deps.server.max_chunk_bytes, &format).map_err(End::Error)?;
         let step = FRAMES_PER_STEP * format.frame_bytes();
@@ -631,26 +698,74 @@ impl Session {
         windows: Vec<WindowMeta>,
         arrived: Instant,
     ) -> Result<(), End> {
+        let n = windows.len();
+        // Per stream: at most `max_inflight_windows` queued, also within one large chunk.
+        while !self.pending.is_empty() && self.inflight_windows + n > self.deps.server.max_inflight_windows {
+            self.apply_oldest().await?;
+        }
+        // Process-wide: room under `max_queued_bytes`. While there is none, apply this stream's own
+        // replies (which frees its share); a stream with nothing queued waits its turn (fair queue).
+        let budget = self.deps.queued.clone();
+        let closed = || End::Error(ServiceError::Internal("the scoring budget was closed".into()));
+        let mut waited = false;
+        let permit = loop {
+            match budget.clone().try_acquire_many_owned(n as u32) {
+                Ok(p) => break p,
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    if !waited {
+                        waited = true;
+                        self.throttled = true;
+                        metrics::counter!(names::QUEUE_BUDGET_WAITS).increment(1);
+                    }
+                    if self.pending.is_empty() {
+                        break budget
+                            .clone()
+                            .acquire_many_owned(n as u32)
+                            .await
+                            .map_err(|_| closed())?;
+                    }
+                    self.apply_oldest().await?;
+                }
+            }
+        };
         let (reply, rx) = oneshot::channel();
         let job = Job {
             features,
             probs: Vec::new(),
-            windows: windows.len(),
+            windows: n,
             enqueued: Instant::now(),
             reply,
         };
-        self.inflight_windows += windows.len();
+        self.inflight_windows += n;
         self.model
             .batcher
             .submit(job)
             .await
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
-        self.pending.push_back(Pending { windows, arrived, rx });
+        self.pending.push_back(Pending {
+            windows,
+            arrived,
+            rx,
+            _budget: permit,
+        });
         Ok(())
     }
 
+    /// Wait for the oldest queued job's reply and apply it.
+    async fn apply_oldest(&mut self) -> Result<(), End> {
+        let Some(p) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let r =
+            p.rx.await
+                .map_err(|_| End::Error(ServiceError::Internal("scoring worker dropped a job".into())))?;
+        self.apply(p.windows, p.arrived, r).await
+    }
+
     fn recycle(&mut self, buf: Vec<f32>) {
-        if self.spare.len() < SPARE_BUFFERS {
+        // Only small buffers are kept: the large ones of a big chunk would stay with the stream.
+        if self.spare.len() < SPARE_BUFFERS && buf.capacity() <= SPARE_MAX_WINDOWS * WINDOW_VALUES {
             self.spare.push(buf);
         }
     }
@@ -663,6 +778,7 @@ impl Session {
         result: JobResult,
     ) -> Result<(), End> {
         self.inflight_windows -= windows.len();
+        self.warming = None;
         if let Err(e) = &result.result {
             return Err(End::Error(ServiceError::Internal(format!(
                 "inference failed: {e}"
@@ -732,17 +848,33 @@ impl Session {
         Ok(())
     }
 
+    /// `behind`: unscored audio on the server above `behind_threshold_ms`, or the server is holding
+    /// this stream back (queue limits) while it has read less audio than a real-time client has sent
+    /// by now (the backlog is then on the client's side). Held for at least [`BEHIND_HOLD`], so a
+    /// stream at the limits does not flap.
     async fn check_behind(&mut self) -> Result<(), End> {
-        let backlog = self
-            .spotter
-            .audio_ms_received()
-            .saturating_sub(self.processed_ms.max(1000));
-        let behind = backlog > self.deps.server.behind_threshold_ms;
+        let threshold = self.deps.server.behind_threshold_ms;
+        let received = self.spotter.audio_ms_received();
+        let backlog = received.saturating_sub(self.processed_ms.max(1000));
+        let unread = match (self.throttled, self.first_audio) {
+            (true, Some(t)) => (t.elapsed().as_millis() as u64).saturating_sub(received),
+            _ => 0,
+        };
+        let now = backlog > threshold || unread > threshold;
+        let held = self.behind_since.is_some_and(|t| t.elapsed() < BEHIND_HOLD);
+        let behind = now || (self.behind && held);
+        if now {
+            self.behind_since = Some(Instant::now());
+        }
         if behind != self.behind {
             self.behind = behind;
             if behind {
                 metrics::counter!(names::STREAMS_BEHIND, "model" => self.model.name.clone()).increment(1);
-                tracing::warn!(backlog_ms = backlog, "scoring is behind the received audio");
+                tracing::warn!(
+                    backlog_ms = backlog,
+                    unread_ms = unread,
+                    "scoring is behind the received audio"
+                );
             }
             if self.resolved.progress_ms.is_some() {
                 self.progress().await?;
@@ -770,11 +902,8 @@ impl Session {
             .finish(&mut batch)
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
         self.submit(batch, Instant::now()).await?;
-        while let Some(p) = self.pending.pop_front() {
-            let r =
-                p.rx.await
-                    .map_err(|_| End::Error(ServiceError::Internal("scoring worker dropped a job".into())))?;
-            self.apply(p.windows, p.arrived, r).await?;
+        while !self.pending.is_empty() {
+            self.apply_oldest().await?;
         }
         let processed_ms = self.spotter.audio_ms_processed();
         // Every window is scored and the frontend has consumed every sample: all of it is processed.

@@ -19,6 +19,19 @@ pub mod names {
     pub const ACTIVE_STREAMS: &str = "kws_active_streams";
     /// Gauge: the configured stream limit.
     pub const MAX_STREAMS: &str = "kws_max_streams";
+    /// Gauge: smoothed lag of the runtime's threads (a 20-ms timer's lateness), read by admission.
+    pub const RUNTIME_LAG: &str = "kws_runtime_lag_seconds";
+    /// Gauge: streams opened that have not sent their config yet (they hold no stream slot).
+    pub const AWAITING_CONFIG: &str = "kws_streams_awaiting_config";
+    /// Gauge: bytes of features queued for scoring or being scored, all streams together.
+    pub const QUEUED_BYTES: &str = "kws_queued_bytes";
+    /// Gauge: the process-wide limit of queued feature bytes (`server.max_queued_bytes`).
+    pub const MAX_QUEUED_BYTES: &str = "kws_max_queued_bytes";
+    /// Counter: times a stream had to wait for room under `server.max_queued_bytes` (it stops
+    /// reading its client meanwhile; nothing is dropped).
+    pub const QUEUE_BUDGET_WAITS: &str = "kws_queued_bytes_waits_total";
+    /// Counter: bytes given back to the operating system by the periodic heap trim.
+    pub const MEMORY_TRIMMED: &str = "kws_memory_trimmed_bytes_total";
     /// Counter{outcome}: streams ended, by outcome (ok, cancelled, invalid_argument, resource_exhausted,
     /// deadline_exceeded, unavailable, unauthenticated, internal).
     pub const STREAMS: &str = "kws_streams_total";
@@ -71,6 +84,9 @@ pub mod names {
     pub const EVAL_FN: &str = "kws_eval_false_negatives_total";
     /// Float total{model, kind}: audio seconds evaluated (kind = labelled | negative).
     pub const EVAL_AUDIO: &str = "kws_eval_audio_seconds_total";
+    /// Counter{model}: evaluated streams whose grid reached `evaluation.max_grid_events` (only their
+    /// first part was evaluated).
+    pub const EVAL_TRUNCATED: &str = "kws_eval_truncated_streams_total";
     /// Counter{model, keyword, verdict}: feedback received (correct, false_alarm, missed).
     pub const FEEDBACK: &str = "kws_feedback_total";
     /// Gauge{model, keyword}: the model's recommended (operating) threshold of each keyword.
@@ -137,6 +153,7 @@ pub fn register_model(model: &str, keywords: &[String], thresholds: &[f32], grid
         metrics::gauge!(EVAL_AUDIO, "model" => model.to_string(), "kind" => *kind).increment(0.0);
     }
     metrics::counter!(WINDOWS, "model" => model.to_string()).increment(0);
+    metrics::counter!(EVAL_TRUNCATED, "model" => model.to_string()).increment(0);
     metrics::counter!(STREAMS_BEHIND, "model" => model.to_string()).increment(0);
 }
 
@@ -148,6 +165,8 @@ pub fn register_server() {
     for r in REJECT_REASONS {
         metrics::counter!(names::REJECTED, "reason" => *r).increment(0);
     }
+    metrics::counter!(names::QUEUE_BUDGET_WAITS).increment(0);
+    metrics::counter!(names::MEMORY_TRIMMED).increment(0);
     let cpu = kws_models::cpu::detect();
     metrics::gauge!(names::RUNTIME_INFO, "cpu_arch" => cpu.arch, "int8_kernels" => cpu.int8_kernels.as_str())
         .set(1.0);
@@ -168,6 +187,34 @@ pub fn describe() {
         "Always 1: the CPU architecture and the int8 kernel family ONNX Runtime uses on it"
     );
     describe_counter!(STREAMS, "Detect streams ended, by outcome");
+    describe_gauge!(
+        RUNTIME_LAG,
+        Unit::Seconds,
+        "Smoothed lateness of the runtime's threads (load shedding reads it)"
+    );
+    describe_gauge!(
+        AWAITING_CONFIG,
+        "Detect streams opened that have not sent their config yet"
+    );
+    describe_gauge!(
+        QUEUED_BYTES,
+        Unit::Bytes,
+        "Feature bytes queued for scoring or being scored"
+    );
+    describe_gauge!(
+        MAX_QUEUED_BYTES,
+        Unit::Bytes,
+        "Limit of feature bytes queued for scoring"
+    );
+    describe_counter!(
+        QUEUE_BUDGET_WAITS,
+        "Times a stream waited for room under the queued-bytes limit"
+    );
+    describe_counter!(
+        MEMORY_TRIMMED,
+        Unit::Bytes,
+        "Bytes returned to the operating system by heap trimming"
+    );
     describe_gauge!(AUDIO_RECEIVED, Unit::Seconds, "Audio received from clients");
     describe_gauge!(
         AUDIO_PROCESSED,
@@ -227,6 +274,10 @@ pub fn describe() {
         "Evaluation: audio of labelled / negative streams"
     );
     describe_counter!(FEEDBACK, "Feedback received, by verdict");
+    describe_counter!(
+        EVAL_TRUNCATED,
+        "Evaluated streams whose threshold grid reached its per-stream cap"
+    );
     describe_gauge!(
         KEYWORD_THRESHOLD,
         "Operating (recommended) detection threshold per keyword"
@@ -285,8 +336,10 @@ pub fn read_proc_self(ticks_per_s: f64) -> Option<(f64, f64)> {
 pub fn init_tracing(cfg: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    // Colour only on a terminal: files and pipes get plain text that `grep ' ERROR '` finds.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -163,6 +163,28 @@ async fn config_errors_while_healthy_streams_run() {
             &unknown_kw,
         ),
         (
+            "keyword listed twice",
+            cfg(v1::StreamConfig {
+                keywords: vec!["yes".into(), "no".into(), "yes".into()],
+                ..base()
+            }),
+            "keyword \"yes\" is listed twice in keywords: list each keyword at most once",
+        ),
+        (
+            "10 000 keywords (the valid ten repeated)",
+            cfg(v1::StreamConfig {
+                keywords: known
+                    .trim_start_matches("the model's keywords are ")
+                    .split(", ")
+                    .cycle()
+                    .take(10_000)
+                    .map(String::from)
+                    .collect(),
+                ..base()
+            }),
+            "10000 keywords listed, but the model has only 10: list each keyword at most once",
+        ),
+        (
             "unknown keyword in thresholds",
             cfg(v1::StreamConfig {
                 thresholds: [("hello".to_string(), 0.5)].into(),

@@ -224,3 +224,37 @@ async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F
     .await;
     results.into_iter().map(|r| r.unwrap()).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tight_queue_limits_hold_large_chunks_back_and_lose_nothing() {
+    use kws_service::session::WINDOW_BYTES;
+    let mut c = test_config();
+    // Four windows per stream, eight in the whole process: far below what the chunks below carry
+    // (8 s = 400 windows each), so every stream waits on both limits again and again.
+    c.server.max_inflight_windows = 4;
+    c.batcher.max_batch = 4;
+    c.server.max_queued_bytes = 8 * WINDOW_BYTES;
+    let server = TestServer::start(c).await;
+    let one = s16_bytes(&golden_stream());
+    let pcm: Vec<u8> = one.iter().copied().cycle().take(one.len() * 6).collect();
+    let want = offline_events("int8", native(), &pcm);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let pcm = pcm.clone();
+        let s = admit(&server, base()).await.expect("admitted");
+        tasks.push(tokio::spawn(async move {
+            for c in pcm.chunks(256 << 10) {
+                s.tx.send(req_audio(c.to_vec())).await.unwrap();
+            }
+            s.drain().await
+        }));
+    }
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(out.status.is_none(), "{:?}", out.status);
+        assert_eq!(tuples(&out.events), want);
+        let s = out.summary.unwrap();
+        assert_eq!(s.audio_ms_processed, s.audio_ms_received);
+        assert_eq!(s.audio_ms_received, 33_000);
+    }
+}

@@ -118,6 +118,7 @@ fn documented_ok(c: &v1::StreamConfig) -> bool {
         && (8_000..=192_000).contains(&c.sample_rate_hz)
         && (1..=8).contains(&c.channels)
         && c.keywords.iter().all(known)
+        && c.keywords.iter().collect::<std::collections::HashSet<_>>().len() == c.keywords.len()
         && c.thresholds.keys().all(known)
         && c.thresholds.values().all(|t| (0.0..=1.0).contains(t))
         && c.client_stream_id.len() <= 128

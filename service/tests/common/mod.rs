@@ -475,22 +475,36 @@ impl RawCall {
     }
 }
 
-/// Open a Detect call over a raw HTTP/2 connection, send `requests` (not half-closing), and wait for
-/// the response headers and the first response bytes.
-pub async fn detect_raw(addr: SocketAddr, requests: &[v1::DetectRequest]) -> RawCall {
+/// A raw HTTP/2 connection (no gRPC client in the way); the task drives it until it is aborted or
+/// the peer closes it.
+pub async fn h2_connect(
+    addr: SocketAddr,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<()>) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut client = client.ready().await.unwrap();
-    let req = http::Request::builder()
+    (client, conn)
+}
+
+/// The headers of a gRPC call of `path` with `content_type` (body sent separately).
+pub fn grpc_request(addr: SocketAddr, path: &str, content_type: &str) -> http::Request<()> {
+    http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/kws.v1.KeywordSpotting/Detect"))
-        .header("content-type", "application/grpc")
+        .uri(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
         .header("te", "trailers")
         .body(())
-        .unwrap();
+        .unwrap()
+}
+
+/// Open a Detect call over a raw HTTP/2 connection, send `requests` (not half-closing), and wait for
+/// the response headers and the first response bytes.
+pub async fn detect_raw(addr: SocketAddr, requests: &[v1::DetectRequest]) -> RawCall {
+    let (client, conn) = h2_connect(addr).await;
+    let mut client = client.ready().await.unwrap();
+    let req = grpc_request(addr, "/kws.v1.KeywordSpotting/Detect", "application/grpc");
     let (response, mut send) = client.send_request(req, false).unwrap();
     for r in requests {
         send.send_data(grpc_frame(r), false).unwrap();
@@ -517,19 +531,9 @@ pub async fn detect_then_cancel(addr: SocketAddr, requests: &[v1::DetectRequest]
 /// the call's `grpc-status` and `grpc-message` (from the trailers, or the headers of a trailers-only
 /// response).
 pub async fn raw_detect_status(addr: SocketAddr, body: Vec<bytes::Bytes>) -> (String, String) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (client, _conn) = h2_connect(addr).await;
     let mut client = client.ready().await.unwrap();
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/kws.v1.KeywordSpotting/Detect"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let req = grpc_request(addr, "/kws.v1.KeywordSpotting/Detect", "application/grpc");
     let (response, mut send) = client.send_request(req, false).unwrap();
     let n = body.len();
     for (i, b) in body.into_iter().enumerate() {
@@ -562,7 +566,7 @@ pub async fn raw_detect_status(addr: SocketAddr, body: Vec<bytes::Bytes>) -> (St
     )
 }
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
