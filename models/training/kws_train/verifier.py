@@ -346,13 +346,30 @@ def cmd_windows(a) -> None:
 # The head.
 
 
-def make_head(hidden: int = 128, dropout: float = 0.3):
+def make_head(hidden: int = 128, dropout: float = 0.3, arch: str = "mlp"):
+    """`mlp`: flattened 9 x 96 -> 2 hidden layers -> 12. `conv`: two 1-D convolutions over the 9
+    embeddings, max over time (shift-tolerant), -> 12."""
     import torch.nn as nn
 
-    return nn.Sequential(nn.Flatten(), nn.LayerNorm(WINDOW_EMB * EMB_DIM),
-                         nn.Linear(WINDOW_EMB * EMB_DIM, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, len(CLASSES)))
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.LayerNorm(WINDOW_EMB * EMB_DIM),
+                             nn.Linear(WINDOW_EMB * EMB_DIM, hidden), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                             nn.Linear(hidden, len(CLASSES)))
+    if arch == "conv":
+        class Transpose(nn.Module):
+            def forward(self, x):
+                return x.transpose(1, 2)
+
+        class MaxTime(nn.Module):
+            def forward(self, x):
+                return x.amax(dim=2)
+
+        return nn.Sequential(nn.LayerNorm(EMB_DIM), Transpose(), nn.Dropout(dropout / 2),
+                             nn.Conv1d(EMB_DIM, hidden, 3, padding=1), nn.ReLU(),
+                             nn.Conv1d(hidden, hidden, 3, padding=1), nn.ReLU(), MaxTime(), nn.Dropout(dropout),
+                             nn.Linear(hidden, len(CLASSES)))
+    raise ValueError(arch)
 
 
 def random_views(X: np.ndarray, rng: np.random.Generator, jitter: int = 5) -> np.ndarray:
@@ -374,7 +391,12 @@ def cmd_train(a) -> None:
     X = np.concatenate([z["x"] for z in zs]).astype(np.float32)
     y = np.concatenate([z["y"] for z in zs])
     rng = np.random.default_rng(a.seed)
-    net = make_head(a.hidden, a.dropout)
+    Xv = yv = None
+    if a.val_frac > 0:  # held-out training windows: a sanity check of fit, not a selection criterion
+        perm = rng.permutation(len(X))
+        nv = int(len(X) * a.val_frac)
+        Xv, yv, X, y = X[perm[:nv]], y[perm[:nv]], X[perm[nv:]], y[perm[nv:]]
+    net = make_head(a.hidden, a.dropout, a.arch)
     opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=1e-2)
     counts = np.bincount(y, minlength=len(CLASSES)).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(CLASSES), 0.0)
@@ -400,11 +422,18 @@ def cmd_train(a) -> None:
             tot += float(loss)
         print(f"epoch {ep + 1}/{a.epochs} loss {tot / max(1, len(X) // a.batch):.4f}", file=sys.stderr, flush=True)
     net.eval()
+    held = {}
+    if Xv is not None:
+        pv = head_probs(net, random_views(Xv, np.random.default_rng(0), a.jitter))
+        kw = yv < len(KEYWORDS)
+        held = {"heldout_keyword_acc": float((pv.argmax(1)[kw] == yv[kw]).mean()),
+                "heldout_unknown_acc": float((pv.argmax(1)[yv == UNK_ID] == UNK_ID).mean()),
+                "heldout_windows": int(len(yv))}
     a.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": net.state_dict(), "hidden": a.hidden, "dropout": a.dropout}, a.out / "head.pt")
+    torch.save({"state": net.state_dict(), "hidden": a.hidden, "dropout": a.dropout, "arch": a.arch}, a.out / "head.pt")
     export_head(net, a.out / "head.onnx")
     print(json.dumps({"windows": len(X), "class_counts": counts.astype(int).tolist(), "epochs": a.epochs,
-                      "train_s": round(time.time() - t0, 1)}))
+                      "train_s": round(time.time() - t0, 1), **held}))
 
 
 def export_head(net, path: Path) -> None:
@@ -426,7 +455,7 @@ def load_head(path: Path):
     import torch
 
     ck = torch.load(path, map_location="cpu")
-    net = make_head(ck["hidden"], ck["dropout"])
+    net = make_head(ck["hidden"], ck["dropout"], ck.get("arch", "mlp"))
     net.load_state_dict(ck["state"])
     net.eval()
     return net
@@ -458,7 +487,7 @@ def cmd_embed(a) -> None:
     cpu = {"first": 0.0, "embed": 0.0}
     secs = 0.0
     for n, r in enumerate(rows):
-        out = a.cache / (Path(r["wav"]).stem + ".npz")
+        out = a.cache / (r["wav"].replace("/", "_").rsplit(".", 1)[0] + ".npz")
         if out.exists():
             continue
         x = read_wav(a.manifest.parent / r["wav"])
@@ -714,6 +743,49 @@ def cmd_cost(a) -> None:
     print(json.dumps(out))
 
 
+def curve(path: Path, kind: str) -> list[dict]:
+    """(recall, FA/h, label) points of a `cascade` JSON (kind `first`, `cascade`, `relabel`) or of a
+    `streameval` JSON (kind `streameval`, overall points)."""
+    d = json.loads(path.read_text())
+    if kind == "streameval":
+        return [{"recall": p["recall"], "fa_per_h": p["fa_per_h"], "at": f"t {p['threshold']}"} for p in d["overall"]]
+    if kind == "first":
+        return [{"recall": p["recall"], "fa_per_h": p["fa_per_h"], "at": f"t {p['t1']}"} for p in d["first_stage"]]
+    rel = kind == "relabel"
+    return [{"recall": p["recall"], "fa_per_h": p["fa_per_h"], "at": f"t1 {p['t1']} v {p['v']}"}
+            for p in d["cascade"] if p["relabel"] == rel]
+
+
+def best_at(points: list[dict], max_fa: float) -> dict | None:
+    ok = [p for p in points if p["fa_per_h"] <= max_fa]
+    return max(ok, key=lambda p: (p["recall"], -p["fa_per_h"])) if ok else None
+
+
+def fa_at(points: list[dict], min_recall: float) -> dict | None:
+    ok = [p for p in points if p["recall"] >= min_recall]
+    return min(ok, key=lambda p: p["fa_per_h"]) if ok else None
+
+
+def cmd_table(a) -> None:
+    """Markdown rows: highest recall at <= each FA/h budget, lowest FA/h at >= 90 / 95 % recall."""
+    budgets = [1.0, 5.0, 10.0, 20.0, 50.0]
+    print("| arm | " + " | ".join(f"recall @ <= {b:g} FA/h" for b in budgets) + " | FA/h @ 90 % | FA/h @ 95 % | max recall |")
+    print("|---" * (len(budgets) + 4) + "|")
+    for spec in a.curves:
+        name, kind, path = spec.split(":", 2)
+        pts = curve(Path(path), kind)
+        cells = []
+        for b in budgets:
+            p = best_at(pts, b)
+            cells.append("-" if p is None else f"{100 * p['recall']:.1f} % ({p['fa_per_h']:.1f}; {p['at']})")
+        for r in (0.9, 0.95):
+            p = fa_at(pts, r)
+            cells.append("not reached" if p is None else f"{p['fa_per_h']:.1f} ({p['at']})")
+        m = max(pts, key=lambda p: p["recall"])
+        cells.append(f"{100 * m['recall']:.1f} % ({m['fa_per_h']:.0f} FA/h)")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -736,6 +808,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--hidden", type=int, default=128)
     s.add_argument("--dropout", type=float, default=0.3)
+    s.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
+    s.add_argument("--val-frac", type=float, default=0.0)
     s.add_argument("--jitter", type=int, default=5, help="view offset ± this many embeddings (80 ms)")
     s.add_argument("--noise", type=float, default=0.0)
     s.add_argument("--reject-weight", type=float, default=2.0)
@@ -768,13 +842,15 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("cost")
     s.add_argument("--head", type=Path, required=True, help="head.onnx")
     s.add_argument("--repeats", type=int, default=50)
+    s = sub.add_parser("table")
+    s.add_argument("curves", nargs="+", help="name:kind:path, kind = first | cascade | relabel | streameval")
     for s in sub.choices.values():
         if "--features" not in s._option_string_actions:
             s.add_argument("--features", type=Path, help="directory with the two feature models (default data/oww)")
     a = p.parse_args(argv)
     {"unpack": lambda: unpack(a.wheel, a.out), "windows": lambda: cmd_windows(a), "train": lambda: cmd_train(a),
      "embed": lambda: cmd_embed(a), "cascade": lambda: cmd_cascade(a), "clips": lambda: cmd_clips(a),
-     "cost": lambda: cmd_cost(a)}[a.cmd]()
+     "cost": lambda: cmd_cost(a), "table": lambda: cmd_table(a)}[a.cmd]()
 
 
 if __name__ == "__main__":
