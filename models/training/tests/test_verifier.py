@@ -1,0 +1,112 @@
+"""Second-stage verifier (kws_train/verifier.py): view indexing, the cascade decoder, and (when the two
+openWakeWord feature models are present in data/oww or $KWS_OWW_MODELS) their input/output contract.
+numpy + onnxruntime only; torch parts are skipped without torch."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TRAINING = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TRAINING))
+
+from kws_train import KEYWORDS  # noqa: E402
+from kws_train.streameval import grid_events  # noqa: E402
+from kws_train.verifier import (EMB_CENTRE_MS, EMB_DIM, EMB_MS, LONG, LONG_EMB, WINDOW_EMB,  # noqa: E402
+                                cascade_events, find_feature_models, take_view, view_start)
+
+
+def test_view_is_centred_on_the_event_time():
+    for t in (400 + 80 * 20, 400 + 80 * 20 + 30, 5000):
+        j0 = view_start(t)
+        centre = EMB_CENTRE_MS + EMB_MS * (j0 + WINDOW_EMB // 2)
+        assert abs(centre - t) <= EMB_MS // 2
+    assert view_start(1000, offset_ms=160) == view_start(1000) + 2
+
+
+def test_take_view_repeats_edges():
+    emb = np.arange(5 * EMB_DIM, dtype=np.float32).reshape(5, EMB_DIM)
+    v = take_view(emb, -3)
+    assert v.shape == (WINDOW_EMB, EMB_DIM)
+    assert np.array_equal(v[0], emb[0]) and np.array_equal(v[3], emb[0]) and np.array_equal(v[-1], emb[-1])
+    assert np.array_equal(take_view(np.tile(emb, (3, 1)), 2), np.tile(emb, (3, 1))[2:2 + WINDOW_EMB])
+
+
+def _trace(n, seed):
+    rng = np.random.default_rng(seed)
+    sm = rng.random((n, 12)).astype(np.float32) ** 8
+    start = 20 * np.arange(n, dtype=np.int64)
+    return sm, start, start + 1000
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cascade_with_an_accepting_verifier_is_the_first_stage(seed):
+    """A verifier that accepts everything leaves the shipped decoder's events unchanged."""
+    sm, start, end = _trace(800, seed)
+    times = (start + end) // 2
+    for t1 in (0.3, 0.5, 0.9):
+        want = grid_events(sm, start, end, [t1], 1000)[0]
+        ev, n = cascade_events(sm, end, t1, lambda i: np.ones(12), 0.5, 1000, 200, relabel=False)
+        assert [(k, int(times[i])) for k, i in ev] == want and n == len(want)
+
+
+def test_cascade_rejection_only_blocks_the_reject_gap():
+    sm = np.zeros((100, 12), np.float32)
+    sm[10:60, 3] = 0.9  # one long burst of "down"
+    start = 20 * np.arange(100, dtype=np.int64)
+    end = start + 1000
+    calls = []
+
+    def verify(i):
+        calls.append(i)
+        p = np.zeros(12)
+        p[3] = 1.0 if i >= 40 else 0.0  # rejects early candidates
+        return p
+
+    ev, n = cascade_events(sm, end, 0.5, verify, 0.5, 1000, 200, relabel=False)
+    assert calls == [10, 20, 30, 40]  # 200-ms gap = 10 windows of 20 ms
+    assert ev == [(3, 40)] and n == 4
+    # relabel: the verifier's own best keyword becomes the label
+    ev, _ = cascade_events(sm, end, 0.5, lambda i: np.eye(12)[7], 0.5, 1000, 200, relabel=True)
+    assert ev == [(7, 10)]
+    ev, _ = cascade_events(sm, end, 0.5, lambda i: np.eye(12)[7], 0.5, 1000, 200, relabel=False)
+    assert ev == []  # the first stage's keyword (down) has probability 0
+
+
+models = find_feature_models()
+
+
+@pytest.mark.skipif(models is None, reason="openWakeWord feature models not unpacked (verifier unpack)")
+def test_feature_model_contract():
+    from kws_train.verifier import Embedder
+
+    emb = Embedder(models)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(24000) * 0.1).astype(np.float32)
+    spec = emb.mel(x)
+    assert spec.shape == (147, 32)  # ceil(24000 / 160 - 3)
+    e = emb.embed(x)
+    assert e.shape == (WINDOW_EMB, EMB_DIM)  # 1.5 s -> 9 embeddings
+    assert emb.embed((rng.standard_normal(LONG) * 0.1).astype(np.float32)).shape[0] >= LONG_EMB
+    # batched mel equals per-window mel
+    xb = np.stack([x, x[::-1].copy()])
+    assert np.allclose(emb.mel(xb)[1], emb.mel(x[::-1].copy()), atol=1e-4)
+    # a stream's embedding j equals the embedding of the window starting at mel frame 8 j (80 ms)
+    y = (rng.standard_normal(48000) * 0.1).astype(np.float32)
+    full = emb.embed(y)
+    part = emb.embed(y[1280 * 3:1280 * 3 + 24000])
+    assert np.allclose(full[3], part[0], atol=1e-3)
+
+
+def test_head_shapes():
+    torch = pytest.importorskip("torch")
+    from kws_train.verifier import head_probs, make_head, random_views
+
+    net = make_head(16, 0.0).eval()
+    X = np.random.default_rng(0).standard_normal((4, LONG_EMB, EMB_DIM)).astype(np.float32)
+    v = random_views(X, np.random.default_rng(1))
+    assert v.shape == (4, WINDOW_EMB, EMB_DIM)
+    p = head_probs(net, v)
+    assert p.shape == (4, len(KEYWORDS) + 2) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert torch is not None
