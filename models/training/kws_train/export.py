@@ -27,6 +27,7 @@ from .evaluate import eval_sets_for, format_confusion, scores
 from .frontend import FRONTEND_PARAMS, NUM_MFCC, WINDOW_FRAMES, TorchFrontend, mfcc
 from .model import TCResNet, Exported, count_flops, count_params
 from .quant import DEFAULT_SPEC, calibration_windows, quantize, score_on
+from .quant import describe as describe_quantization
 from .quant import latency as latency_of
 from .quant import paths as isa_paths
 from .recipe import Recipe
@@ -290,9 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         "window": {"frames": WINDOW_FRAMES, "samples": SAMPLE_RATE, "default_hop_frames": dec.hop_frames},
         "decoder": {"smoothing_ms": dec.smoothing_ms, "refractory_ms": dec.refractory_ms},
         "thresholds": thresholds,
-        "quantization": {"format": "onnxruntime static QDQ, per-channel weights, softmax in float",
-                         "scheme": DEFAULT_SPEC.scheme, "calibration_method": DEFAULT_SPEC.method,
-                         "int8_ops": DEFAULT_SPEC.ops, "calibration": calib_desc},
+        "quantization": describe_quantization(DEFAULT_SPEC, calib_desc),
         "params": count_params(net), "flops": count_flops(net),
         "files": {kind: {"path": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
                   for kind, path in (("fp32", fp32_path), ("int8", int8_path))},

@@ -123,6 +123,19 @@ def quantize(fp32: Path, int8: Path, calib: np.ndarray, spec: QuantSpec = DEFAUL
                         op_types_to_quantize=OPS[spec.ops])
 
 
+def describe(spec: QuantSpec, calibration: dict) -> dict:
+    """The manifest's `quantization` record of a model quantized with `spec`."""
+    return {
+        "format": "onnxruntime static QDQ, per-channel weights, softmax in float",
+        "scheme": spec.scheme, "calibration_method": spec.method,
+        "int8_ops": {"all": "convolutions, linear layer, residual additions",
+                     "conv": "convolutions and the linear layer (residual additions in float)"}[spec.ops],
+        "activations": "uint8",
+        "weights": {"u8s8": "int8", "u8s8-rr": "int8, 7-bit range (reduce_range)", "u8u8": "uint8"}[spec.scheme],
+        "calibration": calibration,
+    }
+
+
 # ------------------------------------------------------------------------------------------------
 # Calibration data
 
@@ -441,13 +454,7 @@ def apply(a) -> None:
             acc[name]["int8"] = accuracy(run(xs), y)
     m["metrics"]["latency"]["int8"] = latency(int8_path)
     m["quantization"] = {
-        "format": "onnxruntime static QDQ, per-channel weights, softmax in float",
-        "scheme": spec.scheme, "calibration_method": spec.method,
-        "int8_ops": {"all": "convolutions, linear layer, residual additions",
-                     "conv": "convolutions and the linear layer (residual additions in float)"}[spec.ops],
-        "activations": "uint8", "weights": {"u8s8": "int8", "u8s8-rr": "int8, 7-bit range (reduce_range)",
-                                             "u8u8": "uint8"}[spec.scheme],
-        "calibration": desc,
+        **describe(spec, desc),
         "golden_min_margin_to_threshold": stream["min_margin_to_threshold"],
         "paths": cross,
         "command": f"python -m kws_train.quant apply --model-dir {mdir} --config {a.config}"
