@@ -44,4 +44,6 @@ pub use pcm::{Encoding, PcmFormat};
 pub use scorer::Scorer;
 #[cfg(feature = "onnx")]
 pub use scorer::{OnnxScorer, ScorerOptions};
-pub use spotter::{OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta};
+pub use spotter::{
+    DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta, WireOverrides,
+};

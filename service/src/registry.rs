@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use kws_models::decoder::MS_PER_FRAME;
+use kws_models::frontend::MS_PER_FRAME;
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
 use kws_proto::v1;
