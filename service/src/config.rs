@@ -485,7 +485,7 @@ impl Config {
                 return Err(bad(format!("{name} must be > 0")));
             }
         }
-        let window = kws_models::frontend::WINDOW_VALUES * 4;
+        let window = crate::batcher::WINDOW_BYTES;
         let job = self.batcher.max_batch.max(s.max_inflight_windows) * window;
         if s.max_queued_bytes < job || s.max_queued_bytes / window > u32::MAX as usize {
             return Err(bad(format!(

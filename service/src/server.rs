@@ -15,13 +15,14 @@ use tonic_health::ServingStatus;
 
 use crate::admission::AwaitingBudget;
 use crate::auth::{self, Auth, AuthInterceptor};
+use crate::batcher::WINDOW_BYTES;
 use crate::config::{Config, ConfigError};
 use crate::eval::EvalSettings;
 use crate::feedback::EventStore;
 use crate::grpc::KwsService;
 use crate::guard::GrpcGuardLayer;
 use crate::registry::Registry;
-use crate::session::{SessionDeps, WINDOW_BYTES};
+use crate::session::SessionDeps;
 use crate::shutdown::{Phase, drain};
 use crate::telemetry::names;
 
