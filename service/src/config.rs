@@ -236,7 +236,6 @@ impl Default for ModelsConfig {
     }
 }
 
-
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
