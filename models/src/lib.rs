@@ -22,7 +22,9 @@
 //! - [`manifest`]: model manifests and their checks.
 //! - [`cpu`]: which int8 kernels ONNX Runtime picks on this CPU (for logs and model info).
 //! - [`eval`]: matching detections to ground truth, decoding at a grid of thresholds.
-//! - [`spotter`]: the per-stream pipeline.
+//! - [`spotter`]: the per-stream pipeline; [`StreamConfig::resolve`] (a stream's settings from the
+//!   manifest and a client's overrides) and [`Spotter::score_windows`] (scoring pending windows in
+//!   order), the rules the service and `kws-client eval --local` share.
 
 #![forbid(unsafe_code)]
 
