@@ -226,8 +226,9 @@ pub enum VerifyError {
     Runtime(String),
 }
 
-/// Check one clip against the view length; returns the number of embeddings it yields.
-fn check_clip(index: usize, clip: &Clip<'_>, view: usize) -> Result<usize, VerifyError> {
+/// Check clip `index` of a call for a view of `view` embeddings (length for its `lead`, finite
+/// samples); returns the number of embeddings the verifier computes from it.
+pub fn check_clip(index: usize, clip: &Clip<'_>, view: usize) -> Result<usize, VerifyError> {
     if clip.lead >= view {
         return Err(VerifyError::Lead {
             index,

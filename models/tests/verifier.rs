@@ -231,7 +231,8 @@ fn reason((r, _tree): (Result<Manifest, ModelError>, TempTree)) -> String {
 #[test]
 fn manifest_section_errors_are_clear() {
     assert!(load_edited("ok", |_| {}).0.is_ok());
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "missing-threshold",
             Box::new(|m| {
