@@ -1,4 +1,4 @@
-//! CPU cost of the second-stage verifier per candidate, at batch sizes 1 and 16 (one intra-op
+//! CPU cost of the second-stage verifier per candidate, at batch sizes 1, 4 and 16 (one intra-op
 //! thread): process CPU time (user + system, all threads, from `/proc/self/stat`), not wall time,
 //! as the machines this runs on are shared.
 //!
@@ -48,16 +48,19 @@ fn measure(n: usize, seconds: f64, mut f: impl FnMut()) -> (f64, f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = args.first().map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier")
-    });
+    let dir = args
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier"));
     let seconds: f64 = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(3.0);
-    let lib = std::env::var_os("KWS_ORT_LIB").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../.ort")
-            .join(std::env::consts::ARCH)
-            .join("libonnxruntime.so")
-    });
+    let lib = std::env::var_os("KWS_ORT_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.ort")
+                .join(std::env::consts::ARCH)
+                .join("libonnxruntime.so")
+        });
     let manifest = Manifest::load(&dir).unwrap();
     let options = ScorerOptions {
         intra_threads: 1,
@@ -83,9 +86,11 @@ fn main() {
         kws_models::cpu::detect().features_string(),
         load.split_whitespace().next().unwrap_or("?")
     );
-    println!("| batch | CPU ms / candidate | wall ms / candidate | features (mel + embedding) CPU ms | head CPU ms |");
+    println!(
+        "| batch | CPU ms / candidate | wall ms / candidate | features (mel + embedding) CPU ms | head CPU ms |"
+    );
     println!("|---|---|---|---|---|");
-    for n in [1usize, 16] {
+    for n in [1usize, 4, 16] {
         let clips: Vec<Clip<'_>> = audio[..n].iter().map(|a| Clip::from(a.as_slice())).collect();
         let mut out = vec![0.0; n * HEAD_CLASSES];
         let mut views = Vec::new();
