@@ -496,6 +496,10 @@ mod onnx {
                 .map(|(i, c)| check_clip(i, c, self.view))
                 .collect::<Result<Vec<_>, _>>()?;
             let total: usize = counts.iter().sum();
+            out.clear();
+            if clips.is_empty() {
+                return Ok(());
+            }
             self.emb_in.clear();
             self.emb_in.reserve(total * EMB_FRAMES * MEL_BINS);
             for (clip, &n) in clips.iter().zip(&counts) {
@@ -527,7 +531,6 @@ mod onnx {
             }
             self.emb_out.clear();
             self.emb_out.extend_from_slice(emb);
-            out.clear();
             out.reserve(clips.len() * self.view * EMB_DIM);
             let mut base = 0;
             for (clip, &n) in clips.iter().zip(&counts) {
