@@ -205,6 +205,9 @@ fn bad_clips_are_refused() {
         Err(VerifyError::OutputShape { .. })
     ));
     assert_eq!(v.score(&[]).unwrap().len(), 0);
+    let mut views = vec![1.0];
+    v.views(&[], &mut views).unwrap();
+    assert!(views.is_empty());
 }
 
 #[test]
