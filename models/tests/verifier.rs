@@ -6,8 +6,8 @@
 //! `head-research-conv15k.onnx` — a test fixture, not the head that will ship — and a test manifest
 //! that adds a `verifier` section to TC-ResNet8's).
 //!
-//! Tolerances: probabilities 1e-4 absolute (the brief's contract; measured ≤ 1e-6 on x86-64 with
-//! AVX-512, see `models/README.md`); embeddings 1e-3 absolute on values of magnitude up to ~40 (fp32
+//! Tolerances: probabilities 1e-4 absolute (measured: identical bits on x86-64 with AVX-512 VNNI,
+//! 3.6e-7 on the AVX2 path and 1.7e-6 on arm64 under qemu; `models/README.md`); embeddings 1e-3 absolute on values of magnitude up to ~40 (fp32
 //! convolutions summed in another order). Runs on every instruction-set path of
 //! `deploy/test-isa.sh` (fp32 only, so no path should differ by more than ~1e-5).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
