@@ -25,9 +25,13 @@
 //! - [`spotter`]: the per-stream pipeline; [`StreamConfig::resolve`] (a stream's settings from the
 //!   manifest and a client's overrides) and [`Spotter::score_windows`] (scoring pending windows in
 //!   order), the rules the service and `kws-client eval --local` share.
+//! - [`verifier`]: the second stage's audio geometry and its scorer ([`Verifier`], feature `onnx`):
+//!   a head on `speech_embedding` features re-scores candidates (not wired into [`Spotter`] yet).
+//! - [`cascade`]: the cascade decision rule (first-stage candidates, late verdicts, events).
 
 #![forbid(unsafe_code)]
 
+pub mod cascade;
 pub mod cpu;
 pub mod decoder;
 pub mod error;
@@ -38,7 +42,9 @@ pub mod pcm;
 pub mod resample;
 pub mod scorer;
 pub mod spotter;
+pub mod verifier;
 
+pub use cascade::{Candidate, Cascade, CascadeConfig, CascadeError, CascadeEvent, Resolution};
 pub use decoder::{Decoder, DecoderConfig, Event};
 pub use error::{AudioError, ConfigError, ModelError, RuntimeError, ScoreError};
 pub use manifest::Manifest;
@@ -49,3 +55,6 @@ pub use scorer::{OnnxScorer, ScorerOptions};
 pub use spotter::{
     DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta, WireOverrides,
 };
+#[cfg(feature = "onnx")]
+pub use verifier::Verifier;
+pub use verifier::{Clip, ClipRange, VerifyError, View};

@@ -113,6 +113,10 @@ pub struct Manifest {
     pub training: serde_json::Value,
     #[serde(default)]
     pub metrics: serde_json::Value,
+    /// Optional second-stage verifier (`crate::verifier`, `crate::cascade`); absent in the
+    /// shipped manifests so far.
+    #[serde(default)]
+    pub verifier: Option<VerifierSpec>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -189,6 +193,9 @@ impl Manifest {
         if self.files.is_empty() {
             return Err("no model files".into());
         }
+        if let Some(v) = &self.verifier {
+            v.validate(&self.keywords).map_err(|e| format!("verifier: {e}"))?;
+        }
         Ok(())
     }
 
@@ -226,19 +233,181 @@ impl Manifest {
             .files
             .get(variant)
             .ok_or_else(|| ModelError::Variant(variant.into(), self.variants().join(", ")))?;
-        let path = self.dir.join(&spec.path);
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if !actual.eq_ignore_ascii_case(&spec.sha256) {
-            return Err(ModelError::Checksum {
-                path,
-                expected: spec.sha256.clone(),
-                actual,
-            });
+        read_checked(self.dir.join(&spec.path), &spec.sha256)
+    }
+}
+
+/// Read `path` and check it against `sha256`. Returns the path and the bytes.
+fn read_checked(path: PathBuf, sha256: &str) -> Result<(PathBuf, Vec<u8>), ModelError> {
+    let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(sha256) {
+        return Err(ModelError::Checksum {
+            path,
+            expected: sha256.to_string(),
+            actual,
+        });
+    }
+    Ok((path, bytes))
+}
+
+/// A model file of the verifier section (no `bytes`: the sha256 pins it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierFile {
+    /// Relative path (see [`VerifierSpec`] for relative to what).
+    pub path: String,
+    /// Lower-case hex.
+    pub sha256: String,
+}
+
+/// The optional `verifier` section of a manifest: the second stage of `crate::cascade`.
+///
+/// ```json
+/// "verifier": {
+///   "features": {"dir": "../speech-embedding",
+///                "mel": {"path": "melspectrogram.onnx", "sha256": "ba2b…"},
+///                "embedding": {"path": "embedding_model.onnx", "sha256": "ba75…"}},
+///   "head": {"path": "verifier/head.onnx", "sha256": "…"},
+///   "embeddings_per_view": 9, "centre_offset_ms": 0,
+///   "first_stage_threshold": 0.7, "thresholds": {"yes": 0.9, …}, "reject_gap_ms": 200,
+///   "licence": "…"
+/// }
+/// ```
+///
+/// `features.dir` is relative to the manifest's directory and the feature files to it (the feature
+/// models are shared by all models); `head.path` is relative to the manifest's directory. Unknown
+/// keys are refused, so a misspelt key cannot silently fall back to a default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierSpec {
+    pub features: FeatureModels,
+    pub head: VerifierFile,
+    /// Consecutive embeddings (80 ms apart) per head input; 9 for the research head.
+    pub embeddings_per_view: usize,
+    /// The view is centred on the candidate time plus this (ms).
+    pub centre_offset_ms: i32,
+    /// First-stage threshold t1: a window whose highest smoothed keyword score is `>=` this
+    /// proposes a candidate.
+    pub first_stage_threshold: f32,
+    /// Verifier threshold v per keyword (every keyword must have one).
+    pub thresholds: BTreeMap<String, f32>,
+    /// After a rejected candidate, no new candidate before `end_ms + reject_gap_ms`.
+    pub reject_gap_ms: u32,
+    /// Licence status of the feature models and head, for model info and audits.
+    pub licence: String,
+}
+
+/// The shared feature models of a verifier.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureModels {
+    /// Directory of the two files, relative to the manifest's directory.
+    pub dir: String,
+    pub mel: VerifierFile,
+    pub embedding: VerifierFile,
+}
+
+/// Largest |centre_offset_ms| accepted.
+pub const MAX_VERIFIER_OFFSET_MS: i32 = 2000;
+
+impl VerifierSpec {
+    fn validate(&self, keywords: &[String]) -> Result<(), String> {
+        for (what, f) in [
+            ("features.mel", &self.features.mel),
+            ("features.embedding", &self.features.embedding),
+            ("head", &self.head),
+        ] {
+            if f.path.is_empty() || Path::new(&f.path).is_absolute() {
+                return Err(format!("{what}.path {:?} must be a relative path", f.path));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{what}.sha256 {:?} is not 64 hex digits", f.sha256));
+            }
         }
-        Ok((path, bytes))
+        if self.features.dir.is_empty() || Path::new(&self.features.dir).is_absolute() {
+            return Err(format!(
+                "features.dir {:?} must be a relative path (\".\" for the manifest's directory)",
+                self.features.dir
+            ));
+        }
+        if !(1..=crate::verifier::MAX_VIEW_EMBEDDINGS).contains(&self.embeddings_per_view) {
+            return Err(format!(
+                "embeddings_per_view {} is not supported: use 1..={}",
+                self.embeddings_per_view,
+                crate::verifier::MAX_VIEW_EMBEDDINGS
+            ));
+        }
+        if self.centre_offset_ms.abs() > MAX_VERIFIER_OFFSET_MS {
+            return Err(format!(
+                "centre_offset_ms {} is outside -{MAX_VERIFIER_OFFSET_MS}..={MAX_VERIFIER_OFFSET_MS}",
+                self.centre_offset_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.first_stage_threshold) {
+            return Err(format!(
+                "first_stage_threshold {} is outside [0, 1]",
+                self.first_stage_threshold
+            ));
+        }
+        for (k, v) in &self.thresholds {
+            if !keywords.contains(k) {
+                return Err(format!("threshold for {k:?}, which is not a keyword"));
+            }
+            if !(0.0..=1.0).contains(v) {
+                return Err(format!("threshold {v} for {k:?} is outside [0, 1]"));
+            }
+        }
+        let missing: Vec<&str> = keywords
+            .iter()
+            .filter(|k| !self.thresholds.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("no threshold for {}", missing.join(", ")));
+        }
+        if self.reject_gap_ms > crate::decoder::MAX_REFRACTORY_MS {
+            return Err(format!(
+                "reject_gap_ms {} is not supported: use 0..={}",
+                self.reject_gap_ms,
+                crate::decoder::MAX_REFRACTORY_MS
+            ));
+        }
+        if self.licence.trim().is_empty() {
+            return Err("licence must say under which terms the feature models and head are used".into());
+        }
+        Ok(())
+    }
+
+    /// Verifier thresholds in keyword order.
+    pub fn thresholds_for(&self, keywords: &[String]) -> Vec<f32> {
+        keywords
+            .iter()
+            .map(|k| self.thresholds.get(k).copied().unwrap_or(1.0))
+            .collect()
+    }
+
+    /// Paths of the mel, embedding and head files for a manifest in `dir`.
+    pub fn paths(&self, dir: &Path) -> [PathBuf; 3] {
+        let features = dir.join(&self.features.dir);
+        [
+            features.join(&self.features.mel.path),
+            features.join(&self.features.embedding.path),
+            dir.join(&self.head.path),
+        ]
+    }
+
+    /// Read the three files and check their sha256.
+    #[cfg(feature = "onnx")]
+    pub fn read_verified(&self, dir: &Path) -> Result<crate::verifier::VerifierFiles, ModelError> {
+        let [mel, embedding, head] = self.paths(dir);
+        Ok(crate::verifier::VerifierFiles {
+            mel: read_checked(mel, &self.features.mel.sha256)?,
+            embedding: read_checked(embedding, &self.features.embedding.sha256)?,
+            head: read_checked(head, &self.head.sha256)?,
+        })
     }
 }

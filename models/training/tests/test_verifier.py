@@ -110,3 +110,36 @@ def test_head_shapes():
     p = head_probs(net, v)
     assert p.shape == (4, len(KEYWORDS) + 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert torch is not None
+
+
+def test_clip_range_matches_the_rust_fixture():
+    """`verifier_golden.clip_range` (the Rust crate's `View::at(..).clip()`) against the committed
+    table of tests/fixtures/verifier/clips.json, and its edge rules."""
+    import json
+
+    from kws_train.verifier_golden import clip_range, clip_samples
+
+    assert clip_samples(WINDOW_EMB) == 22880
+    assert clip_range(500) == (-3, 0, clip_samples(6), 3)  # first window of a stream
+    j0, s, e, lead = clip_range(10_500)
+    assert (j0, s, e - s, lead) == (view_start(10_500), 1280 * j0, 22880, 0)
+    fixture = TRAINING.parent / "tests" / "fixtures" / "verifier" / "clips.json"
+    for r in json.loads(fixture.read_text())["views"]:
+        assert clip_range(r["t_ms"], r.get("offset_ms", 0)) == (r["first"], r["start"], r["end"], r["lead"])
+
+
+@pytest.mark.skipif(models is None, reason="openWakeWord feature models not unpacked (verifier unpack)")
+def test_mel_floor_is_relative_to_the_whole_input():
+    """The mel model clamps at 80 dB below the maximum of its whole input, so a quiet stretch gives
+    other values alone than next to loud audio (why the Rust verifier runs mel once per clip)."""
+    from kws_train.verifier import Embedder
+
+    emb = Embedder(models)
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(16000) * 1e-4).astype(np.float32)
+    loud = (rng.standard_normal(16000) * 0.5).astype(np.float32)
+    alone = emb.mel(quiet)
+    inside = emb.mel(np.concatenate([quiet, loud]))[: len(alone)]
+    assert np.abs(alone - inside).max() > 1.0
+    batched = emb.mel(np.stack([quiet, loud]))[0]
+    assert np.abs(alone - batched).max() > 1.0
