@@ -17,9 +17,13 @@ runs on each half of the streams (alternate files of each category) and is score
 which says how much of the calibrated gain is fitted noise; the thresholds written are those of the
 search on all streams.
 
+With `--head`, the same search calibrates a cascade instead: candidates of the first stage at `--t1`
+(all keywords), verifier thresholds per keyword (`verifier.cascade_events`' rule).
+
 Usage (models/training):
   python -m kws_train.calibrate --cache runs/verifier/val2-cache --budget 5 --json cal.json \
       [--write-manifest ../tc-resnet8/manifest.json]
+  python -m kws_train.calibrate --cache runs/verifier/val2-cache --budget 1 --head runs/verifier/h/head.pt --t1 0.7
 """
 
 from __future__ import annotations
@@ -66,11 +70,34 @@ def count(events: list[tuple[int, int]], labels: list[tuple[int, int, int]], tol
     return np.array([m["tp"], m["fp"], m["fn"]], np.int64).T
 
 
-class Streams:
-    """The cached streams of one split, with everything decode() and count() need."""
+def cascade_decode(sm: np.ndarray, start: np.ndarray, end: np.ndarray, v: np.ndarray, refractory_ms: int,
+                   t1: float, verify, reject_gap_ms: int) -> list[tuple[int, int]]:
+    """Events of the two-stage rule (`verifier.cascade_events`) with per-keyword verifier thresholds
+    `v`: a candidate (highest smoothed keyword >= t1, past the deadline) becomes an event when the
+    verifier's probability of that keyword is >= v[keyword]; a rejected one blocks `reject_gap_ms`."""
+    kw = sm[:, :NK]
+    best = np.argmax(kw, axis=1)
+    score = kw[np.arange(len(kw)), best]
+    ev, deadline = [], -1
+    for i in np.nonzero(score >= np.float32(t1))[0]:
+        if end[i] < deadline:
+            continue
+        k = int(best[i])
+        if verify(int(i))[k] >= v[k]:
+            ev.append((k, int((start[i] + end[i]) // 2)))
+            deadline = int(end[i]) + refractory_ms
+        else:
+            deadline = int(end[i]) + reject_gap_ms
+    return ev
 
-    def __init__(self, files: list[dict], refractory_ms: int, tolerance_ms: int):
+
+class Streams:
+    """The cached streams of one split, with everything decode() and count() need. With `cascade`
+    (t1, verifier, reject_gap_ms), the thresholds searched are the verifier's, per keyword."""
+
+    def __init__(self, files: list[dict], refractory_ms: int, tolerance_ms: int, cascade=None):
         self.files = files
+        self.cascade = cascade
         self.refractory_ms, self.tolerance_ms = refractory_ms, tolerance_ms
         self.hours = sum(float(f["seconds"]) for f in files) / 3600
         self.labels = [[tuple(map(int, l)) for l in f["labels"]] for f in files]
@@ -82,7 +109,12 @@ class Streams:
         if key not in self._memo:
             c = np.zeros((NK, 3), np.int64)
             for f, lab in zip(self.files, self.labels):
-                c += count(decode(f["sm"], f["start"], f["end"], th, self.refractory_ms), lab, self.tolerance_ms)
+                if self.cascade is None:
+                    ev = decode(f["sm"], f["start"], f["end"], th, self.refractory_ms)
+                else:
+                    t1, verifier, gap = self.cascade
+                    ev = cascade_decode(f["sm"], f["start"], f["end"], th, self.refractory_ms, t1, verifier(f), gap)
+                c += count(ev, lab, self.tolerance_ms)
             self._memo[key] = c
         return self._memo[key]
 
@@ -166,20 +198,42 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=lambda x: [float(v) for v in x.split(",")], default=DEFAULT_GRID)
     p.add_argument("--tolerance-ms", type=int, default=500)
     p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--head", type=Path, help="verifier head (head.pt): calibrate the verifier's thresholds of a cascade")
+    p.add_argument("--t1", type=float, default=0.7, help="first-stage threshold of the cascade (all keywords)")
+    p.add_argument("--reject-gap-ms", type=int, default=200)
     p.add_argument("--json", type=Path)
     p.add_argument("--write-manifest", type=Path, help="write the thresholds and the operating point into this manifest")
     a = p.parse_args(argv)
     dec = json.loads((a.cache / "decoder.json").read_text())
     files = load_cache(a.cache)
     t0 = time.time()
-    every = Streams(files, dec["refractory_ms"], a.tolerance_ms)
-    out = {"cache": str(a.cache), "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
+    cascade = None
+    if a.head:
+        from .verifier import head_probs, load_head, take_view, view_start
+
+        net = load_head(a.head)
+        for f in files:
+            f["j0"] = np.array([view_start(t) for t in (f["start"] + f["end"]) // 2])
+            f["vp"] = {}
+
+        def verifier(f):
+            def verify(i):
+                if i not in f["vp"]:
+                    f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
+                return f["vp"][i]
+            return verify
+
+        cascade = (a.t1, verifier, a.reject_gap_ms)
+    mk = lambda fs: Streams(fs, dec["refractory_ms"], a.tolerance_ms, cascade)  # noqa: E731
+    every = mk(files)
+    out = {"cache": str(a.cache), "head": str(a.head) if a.head else None,
+           "t1": a.t1 if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
            "decoder": dec, "grid": a.grid, "folds": []}
     if a.folds > 1:
         parts = split(files, a.folds)
         for i in range(a.folds):
-            fit = Streams([f for j, p_ in enumerate(parts) if j != i for f in p_], dec["refractory_ms"], a.tolerance_ms)
-            held = Streams(parts[i], dec["refractory_ms"], a.tolerance_ms)
+            fit = mk([f for j, p_ in enumerate(parts) if j != i for f in p_])
+            held = mk(parts[i])
             th, info = search(fit, a.grid, a.budget)
             single = np.full(NK, info["single_threshold"], np.float32)
             out["folds"].append({"fit_hours": fit.hours, "held_hours": held.hours, "thresholds": as_dict(th),
@@ -205,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         pr(f"warning: no thresholds on the grid keep {a.budget} FA/h on these streams; the highest are shown")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
+    if a.write_manifest and a.head:
+        raise SystemExit("--write-manifest writes first-stage thresholds; the verifier's are not in the manifest yet")
     if a.write_manifest and not info["within_budget"]:
         raise SystemExit("not writing the manifest: the budget is not met")
     if a.write_manifest:
