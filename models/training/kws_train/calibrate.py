@@ -186,7 +186,42 @@ def split(files: list[dict], folds: int) -> list[list[dict]]:
 
 
 def as_dict(th: np.ndarray) -> dict[str, float]:
-    return {k: float(np.float32(th[i])) for i, k in enumerate(KEYWORDS)}
+    return {k: round(float(th[i]), 6) for i, k in enumerate(KEYWORDS)}
+
+
+def evaluate(files: list[dict], dec: dict, manifests: list[Path], tolerance_ms: int, out: Path | None) -> None:
+    """Recall and FA/h of each manifest's thresholds on the cached streams (for reporting; no search)."""
+    every = Streams(files, dec["refractory_ms"], tolerance_ms)
+    cats = sorted({str(f["category"]) for f in files})
+    by_cat = {c: Streams([f for f in files if str(f["category"]) == c], dec["refractory_ms"], tolerance_ms)
+              for c in cats}
+    res = []
+    print(f"{len(files)} streams, {every.hours:.2f} h")
+    print("| manifest | version | recall | FA/h | " + " | ".join(f"FA/h {c}" for c in cats) + " |")
+    for mp in manifests:
+        m = json.loads(mp.read_text())
+        th = np.array([m["thresholds"].get(k, 2.0) for k in KEYWORDS], np.float32)
+        r = every.summary(th)
+        per = {c: s.summary(th)["fa_per_h"] for c, s in by_cat.items()}
+        res.append({"manifest": str(mp), "version": m.get("version"), "thresholds": m["thresholds"], **r,
+                    "fa_per_h_by_category": per})
+        print(f"| {mp} | {m.get('version')} | {100 * r['recall']:.1f} % | {r['fa_per_h']:.1f} | "
+              + " | ".join(f"{per[c]:.1f}" for c in cats) + " |")
+    if out:
+        out.write_text(json.dumps({"hours": every.hours, "files": len(files), "results": res}, indent=1))
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    """`args` without `flag` and its value (either form)."""
+    out, skip = [], False
+    for x in args:
+        if skip:
+            skip = False
+        elif x == flag:
+            skip = True
+        elif not x.startswith(flag + "="):
+            out.append(x)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,7 +229,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, required=True, help="`verifier embed` cache of the validation streams")
-    p.add_argument("--budget", type=float, required=True, help="false alarms per hour, all keywords together")
+    p.add_argument("--budget", type=float, help="false alarms per hour, all keywords together")
+    p.add_argument("--evaluate", type=Path, nargs="+", metavar="MANIFEST",
+                   help="no search: recall and FA/h (overall, per category) at these manifests' thresholds")
     p.add_argument("--grid", type=lambda x: [float(v) for v in x.split(",")], default=DEFAULT_GRID)
     p.add_argument("--tolerance-ms", type=int, default=500)
     p.add_argument("--folds", type=int, default=2)
@@ -203,10 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reject-gap-ms", type=int, default=200)
     p.add_argument("--json", type=Path)
     p.add_argument("--write-manifest", type=Path, help="write the thresholds and the operating point into this manifest")
+    p.add_argument("--validation-set", default="", help="how the validation streams were made (for the manifest)")
     a = p.parse_args(argv)
     dec = json.loads((a.cache / "decoder.json").read_text())
     files = load_cache(a.cache)
     t0 = time.time()
+    if a.evaluate:
+        evaluate(files, dec, a.evaluate, a.tolerance_ms, a.json)
+        return
+    if a.budget is None:
+        p.error("--budget or --evaluate is required")
     cascade = None
     if a.head:
         from .verifier import head_probs, load_head, take_view, view_start
@@ -267,14 +310,16 @@ def main(argv: list[str] | None = None) -> None:
         m = json.loads(a.write_manifest.read_text())
         m["thresholds"] = out["thresholds"]
         m["operating_point"] = {
-            "budget_fa_per_h": a.budget, "validation_recall": round(r["recall"], 4),
+            "budget_fa_per_h": a.budget, "validation_set": a.validation_set,
+            "first_stage_variant": dec.get("variant", "int8"), "validation_recall": round(r["recall"], 4),
             "validation_fa_per_h": round(r["fa_per_h"], 3), "validation_hours": round(every.hours, 3),
             "validation_streams": len(files), "tolerance_ms": a.tolerance_ms,
             "held_out_half": [{"recall": round(fo["held"]["recall"], 4), "fa_per_h": round(fo["held"]["fa_per_h"], 3)}
                               for fo in out["folds"]],
-            "command": "python -m kws_train.calibrate " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m kws_train.calibrate " + " ".join(_without(argv if argv is not None else sys.argv[1:],
+                                                                              "--validation-set")),
         }
-        a.write_manifest.write_text(json.dumps(m, indent=1) + "\n")
+        a.write_manifest.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
