@@ -36,8 +36,19 @@ from .synth import write_wav
 from .train import BatchSampler, split_train
 
 OPSET = 17
-#: Smallest distance between a golden smoothed score and its threshold (see write_golden).
-GOLDEN_MARGIN = 0.01
+#: Smallest distance between a golden smoothed score and its threshold, in logit units (see
+#: write_golden): 0.05 is ~0.01 in probability at a threshold of 0.3-0.7, and stays meaningful for the
+#: streaming thresholds near 1 (0.9998 is 8.5 in logits), where a margin in probability cannot exist.
+GOLDEN_MARGIN = 0.05
+
+
+def logit_margin(sm: np.ndarray, th: np.ndarray) -> float:
+    """Smallest |logit(score) - logit(threshold)| over windows and keywords (probabilities clipped to
+    [1e-7, 1 - 1e-7], the float32 resolution near 1)."""
+    lg = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    s = np.clip(np.asarray(sm, np.float64), 1e-7, 1 - 1e-7)
+    t = np.clip(np.asarray(th, np.float64), 1e-7, 1 - 1e-7)
+    return float(np.abs(lg(s) - lg(t)).min())
 
 
 def fold_bn(net: TCResNet) -> TCResNet:
@@ -122,7 +133,7 @@ def f32list(a) -> list:
 
 
 def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: DecoderConfig,
-                 other_paths=None, other_tolerance: float = 2e-3) -> dict:
+                 other_paths=None, other_tolerance: float = 2e-3, attempts: int = 50) -> dict:
     """Write golden/ (clip WAVs, features, posteriors; the golden stream with traces and events).
 
     `other_paths`, if given, maps stream features [N, 98, 40] to {path name: int8 posteriors} on the
@@ -154,9 +165,9 @@ def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: Decode
                                 "probs_int8": f32list(run_onnx(int8, f[None])[0])})
     # The golden stream must not sit on a knife's edge: a smoothed score within MARGIN of a threshold
     # could flip an event on another CPU (int8 kernels differ across ISAs). Try seeds until every
-    # smoothed keyword score of both variants is at least MARGIN away from its threshold.
+    # smoothed keyword score of both variants is at least MARGIN away from its threshold (in logits).
     th = np.array([thresholds[k] for k in KEYWORDS], dtype=np.float32)
-    for attempt in range(50):
+    for attempt in range(attempts):
         x, labels = golden_stream(clips, bg, np.random.default_rng(1000 + attempt))
         wins = windows(x, dec.hop_frames)
         feats = np.stack([w[2] for w in wins])
@@ -164,15 +175,13 @@ def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: Decode
         for kind, sess in (("fp32", fp32), ("int8", int8)):
             probs = run_onnx(sess, feats)
             traces[kind] = [(s, e, p) for (s, e, _), p in zip(wins, probs)]
-        margin = min(float(np.abs(smoothed(t, dec)[:, :len(KEYWORDS)] - th[None, :]).min())
-                     for t in traces.values())
+        margin = min(logit_margin(smoothed(t, dec)[:, :len(KEYWORDS)], th[None, :]) for t in traces.values())
         n_events = min(len(decode(t, thresholds, dec)) for t in traces.values())
         if margin >= GOLDEN_MARGIN and n_events >= 2 and other_paths is not None:
             # Only now the slow part: the other paths run under emulation.
             other_probs = other_paths(feats)
             other = [[(s, e, p) for (s, e, _), p in zip(wins, probs)] for probs in other_probs.values()]
-            margin = min([margin] + [float(np.abs(smoothed(t, dec)[:, :len(KEYWORDS)] - th[None, :]).min())
-                                     for t in other])
+            margin = min([margin] + [logit_margin(smoothed(t, dec)[:, :len(KEYWORDS)], th[None, :]) for t in other])
             key = lambda t: [(e.keyword, e.start_ms, e.end_ms) for e in decode(t, thresholds, dec)]  # noqa: E731
             if any(key(t) != key(traces["int8"]) for t in other):
                 margin = 0.0
@@ -183,11 +192,11 @@ def write_golden(model_dir: Path, clips, bg, fp32, int8, thresholds, dec: Decode
         if margin >= GOLDEN_MARGIN and n_events >= 2:
             break
     else:
-        raise RuntimeError("no golden stream with a safe margin to the thresholds in 50 attempts")
+        raise RuntimeError(f"no golden stream with a safe margin to the thresholds in {attempts} attempts")
     write_wav(gdir / "stream.wav", x)
     stream = {"wav": "stream.wav", "labels": labels, "hop_frames": dec.hop_frames,
               "decoder": {"smoothing_ms": dec.smoothing_ms, "refractory_ms": dec.refractory_ms},
-              "thresholds": thresholds, "min_margin_to_threshold": round(margin, 4)}
+              "thresholds": thresholds, "min_logit_margin_to_threshold": round(margin, 4)}
     for kind, trace in traces.items():
         stream[f"trace_{kind}"] = [{"start_ms": s, "end_ms": e, "probs": f32list(p)} for s, e, p in trace]
         stream[f"events_{kind}"] = [e.__dict__ for e in decode(trace, thresholds, dec)]

@@ -17,11 +17,14 @@ This module:
 - `apply`: re-quantizes a shipped model with the chosen spec and rewrites its int8 file, manifest
   entries and int8 golden vectors, checking that every golden smoothed score stays clear of its
   threshold on every path measured.
+- `golden`: the goldens anew at the manifest's thresholds, model files unchanged (after
+  `kws_train.calibrate --write-manifest` has set new streaming thresholds), checked the same way.
 
 Usage (from models/training, training venv; the Rust example built for x86-64 and aarch64 first, see
 `models/README.md` "int8 across CPUs"):
     python -m kws_train.quant compare --model-dir ../tc-resnet8 --config configs/tc-resnet8.toml
     python -m kws_train.quant apply --model-dir ../tc-resnet8 --config configs/tc-resnet8.toml
+    python -m kws_train.quant golden --model-dir ../tc-resnet8 --config configs/tc-resnet8.toml [--version X]
     python -m kws_train.quant latency --model-dir ../tc-resnet8      # on an otherwise idle machine
 """
 
@@ -397,36 +400,22 @@ def read_wav(path: Path) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
 
 
-def apply(a) -> None:
+def regolden(mdir: Path, clips, bg, r, thresholds: dict[str, float]) -> tuple[dict, dict]:
+    """Goldens anew (as the export writes them) at `thresholds`, with a stream whose smoothed scores stay
+    clear of the thresholds on every path this machine can run; then how far each path is from the
+    goldens (clips and stream). Exits if a path is further than GOLDEN_TOLERANCE."""
     from .export import session, write_golden
 
-    r, clips, bg = _load(a)
-    spec = a.spec
-    mdir = a.model_dir
-    calib, desc = calibration_windows(clips, bg, r)
-    int8_path = mdir / "model.int8.onnx"
-    quantize(mdir / "model.onnx", int8_path, calib, spec)
-    m = json.loads((mdir / "manifest.json").read_text())
-    data = int8_path.read_bytes()
-    m["files"]["int8"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    if a.version:
-        m["version"] = a.version
-    (mdir / "manifest.json").write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-
-    # Goldens anew (as the export writes them), with a stream whose smoothed scores stay clear of the
-    # thresholds on every path this machine can run.
-    fp32, int8 = session(mdir / "model.onnx"), session(int8_path)
+    fp32, int8 = session(mdir / "model.onnx"), session(mdir / "model.int8.onnx")
     run = lambda f: np.concatenate([int8.run(["probs"], {"features": f[i:i + 256]})[0]  # noqa: E731
                                     for i in range(0, len(f), 256)])
     others = paths()[1:]
     held_out = clips.select(lambda x: x["family"] in r.holdout_families)
     dec = DecoderConfig()
-    stream = write_golden(mdir, held_out if len(held_out) else clips, bg, fp32, int8, m["thresholds"], dec,
+    stream = write_golden(mdir, held_out if len(held_out) else clips, bg, fp32, int8, thresholds, dec,
                           other_paths=lambda f: {p.name: score_on(p, mdir, "int8", f)[0] for p in others},
-                          other_tolerance=GOLDEN_TOLERANCE)
+                          other_tolerance=GOLDEN_TOLERANCE, attempts=200)
     print(f"golden stream events int8: {stream['events_int8']}", flush=True)
-
-    # How far each path is from the goldens (clips and stream), recorded in the manifest.
     g = json.loads((mdir / "golden" / "golden.json").read_text())
     feats = np.concatenate([np.stack([np.array(c["features"], np.float32).reshape(c["features_shape"])
                                       for c in g["clips"]]),
@@ -445,6 +434,45 @@ def apply(a) -> None:
     worst = max(v["max_abs_diff_vs_golden"] for v in cross.values())
     if worst > GOLDEN_TOLERANCE:
         raise SystemExit(f"int8 goldens differ by {worst} on some path (tolerance {GOLDEN_TOLERANCE}): {cross}")
+    return stream, cross
+
+
+def golden(a) -> None:
+    """Goldens anew at the manifest's thresholds (after `calibrate --write-manifest`), model files unchanged."""
+    r, clips, bg = _load(a)
+    mdir = a.model_dir
+    m = json.loads((mdir / "manifest.json").read_text())
+    stream, cross = regolden(mdir, clips, bg, r, m["thresholds"])
+    m = json.loads((mdir / "manifest.json").read_text())
+    q = m.setdefault("quantization", {})
+    q.pop("golden_min_margin_to_threshold", None)
+    q["golden_min_logit_margin_to_threshold"] = stream["min_logit_margin_to_threshold"]
+    q["paths"] = cross
+    if a.version:
+        m["version"] = a.version
+    (mdir / "manifest.json").write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def apply(a) -> None:
+    from .export import session
+
+    r, clips, bg = _load(a)
+    spec = a.spec
+    mdir = a.model_dir
+    calib, desc = calibration_windows(clips, bg, r)
+    int8_path = mdir / "model.int8.onnx"
+    quantize(mdir / "model.onnx", int8_path, calib, spec)
+    m = json.loads((mdir / "manifest.json").read_text())
+    data = int8_path.read_bytes()
+    m["files"]["int8"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    if a.version:
+        m["version"] = a.version
+    (mdir / "manifest.json").write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+    fp32, int8 = session(mdir / "model.onnx"), session(int8_path)
+    run = lambda f: np.concatenate([int8.run(["probs"], {"features": f[i:i + 256]})[0]  # noqa: E731
+                                    for i in range(0, len(f), 256)])
+    stream, cross = regolden(mdir, clips, bg, r, m["thresholds"])
 
     # Manifest: int8 metrics, quantization record.
     sets = eval_sets(clips, bg, r)
@@ -455,7 +483,7 @@ def apply(a) -> None:
     m["metrics"]["latency"]["int8"] = latency(int8_path)
     m["quantization"] = {
         **describe(spec, desc),
-        "golden_min_margin_to_threshold": stream["min_margin_to_threshold"],
+        "golden_min_logit_margin_to_threshold": stream["min_logit_margin_to_threshold"],
         "paths": cross,
         "command": f"python -m kws_train.quant apply --model-dir {mdir} --config {a.config}"
                    + (f" --version {a.version}" if a.version else ""),
@@ -470,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("latency", help="re-measure both variants' latency into the manifest")
     s.add_argument("--model-dir", type=Path, required=True)
-    for name in ("compare", "apply"):
+    for name in ("compare", "apply", "golden"):
         s = sub.add_parser(name)
         s.add_argument("--model-dir", type=Path, required=True)
         s.add_argument("--config", type=Path, required=True, help="the model's training recipe")
@@ -482,11 +510,12 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--no-bench", dest="bench", action="store_false")
             s.add_argument("--out", type=Path)
         else:
-            s.add_argument("--spec", type=QuantSpec.parse, default=DEFAULT_SPEC,
-                           help=f"scheme/method[/ops] (default {DEFAULT_SPEC.name})")
+            if name == "apply":
+                s.add_argument("--spec", type=QuantSpec.parse, default=DEFAULT_SPEC,
+                               help=f"scheme/method[/ops] (default {DEFAULT_SPEC.name})")
             s.add_argument("--version", help="new model version for the manifest (default: unchanged)")
     a = p.parse_args(argv)
-    {"compare": compare, "apply": apply, "latency": relatency}[a.cmd](a)
+    {"compare": compare, "apply": apply, "golden": golden, "latency": relatency}[a.cmd](a)
 
 
 if __name__ == "__main__":

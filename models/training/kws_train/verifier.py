@@ -480,7 +480,7 @@ def cmd_embed(a) -> None:
 
     session, dec = load_model(argparse.Namespace(model_dir=a.model_dir, model=None, variant=a.variant, threads=1,
                                                  smoothing_ms=None, refractory_ms=None, hop_frames=None))
-    emb = Embedder(find_feature_models(a.features), 1)
+    emb = None if a.first_stage_only else Embedder(find_feature_models(a.features), 1)
     a.cache.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(x) for x in a.manifest.read_text(encoding="utf-8").splitlines()
             if x.strip() and not x.startswith("#")]
@@ -495,7 +495,7 @@ def cmd_embed(a) -> None:
         probs, st, en = score_file(session, x, dec)
         sm = smoothed_fast(probs, smoothing_windows(dec))
         c1 = time.process_time()
-        e = emb.embed(x)
+        e = emb.embed(x) if emb else np.zeros((0, EMB_DIM), np.float32)
         c2 = time.process_time()
         cpu["first"] += c1 - c0
         cpu["embed"] += c2 - c1
@@ -507,7 +507,8 @@ def cmd_embed(a) -> None:
         np.savez(out, sm=sm, start=st, end=en, emb=e.astype(np.float32), labels=np.array(labels, np.int64).reshape(-1, 3),
                  seconds=len(x) / SAMPLE_RATE, category=cat, wav=r["wav"])
         print(f"{n + 1}/{len(rows)} {r['wav']} {cat} {len(x) / SAMPLE_RATE:.0f} s", file=sys.stderr, flush=True)
-    (a.cache / "decoder.json").write_text(json.dumps(dataclasses.asdict(dec)))
+    (a.cache / "decoder.json").write_text(json.dumps({**dataclasses.asdict(dec), "model_dir": str(a.model_dir),
+                                                      "variant": a.variant}))
     if secs:
         print(json.dumps({"audio_s": round(secs, 1), "cpu_first_stage_s": round(cpu["first"], 1),
                           "cpu_embedding_s": round(cpu["embed"], 1)}))
@@ -820,6 +821,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--model-dir", type=Path, default=Path("../tc-resnet8"))
     s.add_argument("--variant", default="int8", choices=["fp32", "int8"])
     s.add_argument("--cache", type=Path, required=True)
+    s.add_argument("--first-stage-only", action="store_true", help="no embeddings (for calibrating the first stage)")
     s = sub.add_parser("cascade")
     s.add_argument("--cache", type=Path, required=True)
     s.add_argument("--head", type=Path, required=True)

@@ -1,0 +1,326 @@
+"""Per-keyword operating points calibrated on the streaming validation set (detection-quality issue,
+lever 6): the thresholds a user gets by default must be a *streaming* operating point, chosen for a
+false-alarm budget on continuous speech, not an isolated-word one.
+
+Input: a cache of first-stage outputs per validation stream (`verifier embed`: smoothed posteriors,
+window start/end, embeddings, labels, category). Never the evaluation corpus.
+
+Decoding is the shipped decoder's rule (`stream.decode`, models/src/decoder.rs): among keywords whose
+smoothed posterior is >= their own threshold the highest fires (ties: lowest class index) unless the
+refractory period of the previous event (any keyword) runs; the event time is the window's centre;
+events are matched to labels as `kws-client eval` does (`streameval.match_events`, 500 ms).
+
+Search: for a Lagrange weight lam, coordinate ascent over the keywords' thresholds (each from `--grid`)
+maximizes true positives - lam * false positives, starting from the best single threshold; the lam
+whose solution has the most true positives within the budget wins. With `--folds 2` the same search
+runs on each half of the streams (alternate files of each category) and is scored on the other half,
+which says how much of the calibrated gain is fitted noise; the thresholds written are those of the
+search on all streams.
+
+With `--head`, the same search calibrates a cascade instead: candidates of the first stage at `--t1`
+(all keywords), verifier thresholds per keyword (`verifier.cascade_events`' rule).
+
+Usage (models/training):
+  python -m kws_train.calibrate --cache runs/verifier/val2-cache --budget 5 --json cal.json \
+      [--write-manifest ../tc-resnet8/manifest.json]
+  python -m kws_train.calibrate --cache runs/verifier/val2-cache --budget 1 --head runs/verifier/h/head.pt --t1 0.7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import KEYWORDS
+
+DEFAULT_GRID = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9995,
+                0.9998, 0.9999]
+NK = len(KEYWORDS)
+
+
+def decode(sm: np.ndarray, start: np.ndarray, end: np.ndarray, th: np.ndarray, refractory_ms: int) -> list[tuple[int, int]]:
+    """Events (class, centre ms) of one stream at per-keyword thresholds `th` (float32 [10])."""
+    kw = sm[:, :NK]
+    ok = kw >= th[None, :]
+    cand = np.nonzero(ok.any(axis=1))[0]
+    if len(cand) == 0:
+        return []
+    masked = np.where(ok[cand], kw[cand], np.float32(-1.0))
+    best = np.argmax(masked, axis=1)
+    ev, deadline = [], -1
+    ends = end[cand]
+    for j in range(len(cand)):
+        if ends[j] >= deadline:
+            i = cand[j]
+            ev.append((int(best[j]), int((start[i] + end[i]) // 2)))
+            deadline = int(ends[j]) + refractory_ms
+    return ev
+
+
+def count(events: list[tuple[int, int]], labels: list[tuple[int, int, int]], tolerance_ms: int) -> np.ndarray:
+    """[10, 3] true positives, false positives, misses per keyword (`streameval.match_events`)."""
+    from .streameval import match_events
+
+    m = match_events(events, labels, NK, tolerance_ms)
+    return np.array([m["tp"], m["fp"], m["fn"]], np.int64).T
+
+
+def cascade_decode(sm: np.ndarray, start: np.ndarray, end: np.ndarray, v: np.ndarray, refractory_ms: int,
+                   t1: float, verify, reject_gap_ms: int) -> list[tuple[int, int]]:
+    """Events of the two-stage rule (`verifier.cascade_events`) with per-keyword verifier thresholds
+    `v`: a candidate (highest smoothed keyword >= t1, past the deadline) becomes an event when the
+    verifier's probability of that keyword is >= v[keyword]; a rejected one blocks `reject_gap_ms`."""
+    kw = sm[:, :NK]
+    best = np.argmax(kw, axis=1)
+    score = kw[np.arange(len(kw)), best]
+    ev, deadline = [], -1
+    for i in np.nonzero(score >= np.float32(t1))[0]:
+        if end[i] < deadline:
+            continue
+        k = int(best[i])
+        if verify(int(i))[k] >= v[k]:
+            ev.append((k, int((start[i] + end[i]) // 2)))
+            deadline = int(end[i]) + refractory_ms
+        else:
+            deadline = int(end[i]) + reject_gap_ms
+    return ev
+
+
+class Streams:
+    """The cached streams of one split, with everything decode() and count() need. With `cascade`
+    (t1, verifier, reject_gap_ms), the thresholds searched are the verifier's, per keyword."""
+
+    def __init__(self, files: list[dict], refractory_ms: int, tolerance_ms: int, cascade=None):
+        self.files = files
+        self.cascade = cascade
+        self.refractory_ms, self.tolerance_ms = refractory_ms, tolerance_ms
+        self.hours = sum(float(f["seconds"]) for f in files) / 3600
+        self.labels = [[tuple(map(int, l)) for l in f["labels"]] for f in files]
+        self._memo: dict[bytes, np.ndarray] = {}
+
+    def counts(self, th: np.ndarray) -> np.ndarray:
+        th = np.asarray(th, np.float32)
+        key = th.tobytes()
+        if key not in self._memo:
+            c = np.zeros((NK, 3), np.int64)
+            for f, lab in zip(self.files, self.labels):
+                if self.cascade is None:
+                    ev = decode(f["sm"], f["start"], f["end"], th, self.refractory_ms)
+                else:
+                    t1, verifier, gap = self.cascade
+                    ev = cascade_decode(f["sm"], f["start"], f["end"], th, self.refractory_ms, t1, verifier(f), gap)
+                c += count(ev, lab, self.tolerance_ms)
+            self._memo[key] = c
+        return self._memo[key]
+
+    def summary(self, th: np.ndarray) -> dict:
+        c = self.counts(th)
+        tp, fp, fn = (int(x) for x in c.sum(0))
+        return {"recall": tp / max(1, tp + fn), "fa_per_h": fp / self.hours, "tp": tp, "fp": fp, "fn": fn,
+                "keywords": {k: {"tp": int(c[i, 0]), "fp": int(c[i, 1]), "fn": int(c[i, 2]),
+                                 "recall": int(c[i, 0]) / max(1, int(c[i, 0] + c[i, 2])),
+                                 "fa_per_h": int(c[i, 1]) / self.hours} for i, k in enumerate(KEYWORDS)}}
+
+
+def best_single(s: Streams, grid: list[float], max_fp: float) -> float:
+    """The single threshold (all keywords) with the most true positives within the budget (the
+    highest threshold of the grid if none fits)."""
+    best, best_tp = grid[-1], -1
+    for t in grid:
+        c = s.counts(np.full(NK, t, np.float32)).sum(0)
+        if c[1] <= max_fp and c[0] > best_tp:
+            best, best_tp = t, int(c[0])
+    return best
+
+
+def search(s: Streams, grid: list[float], budget_fa_h: float, sweeps: int = 3,
+           lams: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)) -> tuple[np.ndarray, dict]:
+    """Per-keyword thresholds with the most true positives within the budget (see the module doc).
+    `info["within_budget"]` is False when not even the highest grid threshold for every keyword fits;
+    the thresholds returned are then the highest ones."""
+    max_fp = budget_fa_h * s.hours
+    t0 = best_single(s, grid, max_fp)
+    start = np.full(NK, t0, np.float32)
+    c0 = s.counts(start).sum(0)
+    best_th, best_tp = start, int(c0[0]) if c0[1] <= max_fp else -1
+    trace = []
+    for lam in lams:
+        th = start.copy()
+        obj = lambda c: c[0] - lam * c[1]  # noqa: E731
+        for _ in range(sweeps):
+            moved = False
+            for k in range(NK):
+                cur = obj(s.counts(th).sum(0))
+                for g in grid:
+                    if np.float32(g) == th[k]:
+                        continue
+                    cand = th.copy()
+                    cand[k] = g
+                    v = obj(s.counts(cand).sum(0))
+                    if v > cur + 1e-9:
+                        th, cur, moved = cand, v, True
+            if not moved:
+                break
+        c = s.counts(th).sum(0)
+        trace.append({"lambda": lam, "tp": int(c[0]), "fp": int(c[1])})
+        if c[1] <= max_fp and c[0] > best_tp:
+            best_th, best_tp = th, int(c[0])
+    return best_th, {"single_threshold": float(t0), "lambdas": trace, "within_budget": best_tp >= 0}
+
+
+def split(files: list[dict], folds: int) -> list[list[dict]]:
+    """Alternate files of each category into `folds` parts (streams are whole units)."""
+    parts = [[] for _ in range(folds)]
+    by_cat: dict[str, list[dict]] = {}
+    for f in files:
+        by_cat.setdefault(str(f["category"]), []).append(f)
+    for fs in by_cat.values():
+        for i, f in enumerate(fs):
+            parts[i % folds].append(f)
+    return parts
+
+
+def as_dict(th: np.ndarray) -> dict[str, float]:
+    return {k: round(float(th[i]), 6) for i, k in enumerate(KEYWORDS)}
+
+
+def evaluate(files: list[dict], dec: dict, manifests: list[Path], tolerance_ms: int, out: Path | None) -> None:
+    """Recall and FA/h of each manifest's thresholds on the cached streams (for reporting; no search)."""
+    every = Streams(files, dec["refractory_ms"], tolerance_ms)
+    cats = sorted({str(f["category"]) for f in files})
+    by_cat = {c: Streams([f for f in files if str(f["category"]) == c], dec["refractory_ms"], tolerance_ms)
+              for c in cats}
+    res = []
+    print(f"{len(files)} streams, {every.hours:.2f} h")
+    print("| manifest | version | recall | FA/h | " + " | ".join(f"FA/h {c}" for c in cats) + " |")
+    for mp in manifests:
+        m = json.loads(mp.read_text())
+        th = np.array([m["thresholds"].get(k, 2.0) for k in KEYWORDS], np.float32)
+        r = every.summary(th)
+        per = {c: s.summary(th)["fa_per_h"] for c, s in by_cat.items()}
+        res.append({"manifest": str(mp), "version": m.get("version"), "thresholds": m["thresholds"], **r,
+                    "fa_per_h_by_category": per})
+        print(f"| {mp} | {m.get('version')} | {100 * r['recall']:.1f} % | {r['fa_per_h']:.1f} | "
+              + " | ".join(f"{per[c]:.1f}" for c in cats) + " |")
+    if out:
+        out.write_text(json.dumps({"hours": every.hours, "files": len(files), "results": res}, indent=1))
+
+
+def _without(args: list[str], flag: str) -> list[str]:
+    """`args` without `flag` and its value (either form)."""
+    out, skip = [], False
+    for x in args:
+        if skip:
+            skip = False
+        elif x == flag:
+            skip = True
+        elif not x.startswith(flag + "="):
+            out.append(x)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .verifier import load_cache
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", type=Path, required=True, help="`verifier embed` cache of the validation streams")
+    p.add_argument("--budget", type=float, help="false alarms per hour, all keywords together")
+    p.add_argument("--evaluate", type=Path, nargs="+", metavar="MANIFEST",
+                   help="no search: recall and FA/h (overall, per category) at these manifests' thresholds")
+    p.add_argument("--grid", type=lambda x: [float(v) for v in x.split(",")], default=DEFAULT_GRID)
+    p.add_argument("--tolerance-ms", type=int, default=500)
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--head", type=Path, help="verifier head (head.pt): calibrate the verifier's thresholds of a cascade")
+    p.add_argument("--t1", type=float, default=0.7, help="first-stage threshold of the cascade (all keywords)")
+    p.add_argument("--reject-gap-ms", type=int, default=200)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--write-manifest", type=Path, help="write the thresholds and the operating point into this manifest")
+    p.add_argument("--validation-set", default="", help="how the validation streams were made (for the manifest)")
+    a = p.parse_args(argv)
+    dec = json.loads((a.cache / "decoder.json").read_text())
+    files = load_cache(a.cache)
+    t0 = time.time()
+    if a.evaluate:
+        evaluate(files, dec, a.evaluate, a.tolerance_ms, a.json)
+        return
+    if a.budget is None:
+        p.error("--budget or --evaluate is required")
+    cascade = None
+    if a.head:
+        from .verifier import head_probs, load_head, take_view, view_start
+
+        net = load_head(a.head)
+        for f in files:
+            f["j0"] = np.array([view_start(t) for t in (f["start"] + f["end"]) // 2])
+            f["vp"] = {}
+
+        def verifier(f):
+            def verify(i):
+                if i not in f["vp"]:
+                    f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
+                return f["vp"][i]
+            return verify
+
+        cascade = (a.t1, verifier, a.reject_gap_ms)
+    mk = lambda fs: Streams(fs, dec["refractory_ms"], a.tolerance_ms, cascade)  # noqa: E731
+    every = mk(files)
+    out = {"cache": str(a.cache), "head": str(a.head) if a.head else None,
+           "t1": a.t1 if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
+           "decoder": dec, "grid": a.grid, "folds": []}
+    if a.folds > 1:
+        parts = split(files, a.folds)
+        for i in range(a.folds):
+            fit = mk([f for j, p_ in enumerate(parts) if j != i for f in p_])
+            held = mk(parts[i])
+            th, info = search(fit, a.grid, a.budget)
+            single = np.full(NK, info["single_threshold"], np.float32)
+            out["folds"].append({"fit_hours": fit.hours, "held_hours": held.hours, "thresholds": as_dict(th),
+                                 "fit": fit.summary(th), "held": held.summary(th),
+                                 "single_threshold": info["single_threshold"],
+                                 "single_fit": fit.summary(single), "single_held": held.summary(single)})
+    th, info = search(every, a.grid, a.budget)
+    out.update(thresholds=as_dict(th), search=info, result=every.summary(th),
+               single_result=every.summary(np.full(NK, info["single_threshold"], np.float32)),
+               search_s=round(time.time() - t0, 1))
+    pr = lambda *x: print(*x)  # noqa: E731
+    pr(f"{len(files)} streams, {every.hours:.2f} h, budget {a.budget} FA/h ({a.budget * every.hours:.1f} false alarms)")
+    for i, fo in enumerate(out["folds"]):
+        pr(f"fold {i}: per-keyword fit {100 * fo['fit']['recall']:.1f} % / {fo['fit']['fa_per_h']:.1f} FA/h -> held "
+           f"{100 * fo['held']['recall']:.1f} % / {fo['held']['fa_per_h']:.1f} FA/h; single {fo['single_threshold']} fit "
+           f"{100 * fo['single_fit']['recall']:.1f} % / {fo['single_fit']['fa_per_h']:.1f} -> held "
+           f"{100 * fo['single_held']['recall']:.1f} % / {fo['single_held']['fa_per_h']:.1f}")
+    r, sr = out["result"], out["single_result"]
+    pr(f"all streams: per-keyword {100 * r['recall']:.1f} % / {r['fa_per_h']:.2f} FA/h; single threshold "
+       f"{info['single_threshold']}: {100 * sr['recall']:.1f} % / {sr['fa_per_h']:.2f} FA/h")
+    pr("thresholds: " + ", ".join(f"{k} {v:g}" for k, v in out["thresholds"].items()))
+    if not info["within_budget"]:
+        pr(f"warning: no thresholds on the grid keep {a.budget} FA/h on these streams; the highest are shown")
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=1))
+    if a.write_manifest and a.head:
+        raise SystemExit("--write-manifest writes first-stage thresholds; the verifier's are not in the manifest yet")
+    if a.write_manifest and not info["within_budget"]:
+        raise SystemExit("not writing the manifest: the budget is not met")
+    if a.write_manifest:
+        m = json.loads(a.write_manifest.read_text())
+        m["thresholds"] = out["thresholds"]
+        m["operating_point"] = {
+            "budget_fa_per_h": a.budget, "validation_set": a.validation_set,
+            "first_stage_variant": dec.get("variant", "int8"), "validation_recall": round(r["recall"], 4),
+            "validation_fa_per_h": round(r["fa_per_h"], 3), "validation_hours": round(every.hours, 3),
+            "validation_streams": len(files), "tolerance_ms": a.tolerance_ms,
+            "held_out_half": [{"recall": round(fo["held"]["recall"], 4), "fa_per_h": round(fo["held"]["fa_per_h"], 3)}
+                              for fo in out["folds"]],
+            "command": "python -m kws_train.calibrate " + " ".join(_without(argv if argv is not None else sys.argv[1:],
+                                                                              "--validation-set")),
+        }
+        a.write_manifest.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
