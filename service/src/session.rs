@@ -287,6 +287,8 @@ pub struct SessionDeps {
     pub runtime_lag: Arc<crate::batcher::QueueWait>,
     /// Admitted streams whose first window has not been scored yet (their load does not show).
     pub warming: Arc<std::sync::atomic::AtomicUsize>,
+    /// The process's CPU against the pod's CPU limit (admission; see `admission::CpuMeter`).
+    pub cpu: Arc<crate::admission::CpuMeter>,
 }
 
 /// Counts a stream in [`SessionDeps::warming`] until its first window is scored (or it ends).
