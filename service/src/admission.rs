@@ -153,11 +153,12 @@ impl Drop for AwaitingSlot {
 
 /// Admission by measured CPU. A stream's CPU cost differs by node type (int8 kernels, clock,
 /// neighbours), so instead of trusting `max_streams` alone, the pod measures what its streams cost
-/// now — the process's CPU over the last second divided by the streams that are scoring — and
-/// refuses a new stream when the admitted ones plus it would need more than `utilisation` of the
-/// CPU it may use. That sees a CPU quota (a pod's `limits.cpu`) before any queue does: under a quota
-/// the process is stopped for the rest of each period once it has used its share, so the scoring
-/// queue and the runtime's timers stay short until the backlog is already seconds long.
+/// now — the process's CPU over the last two seconds per scoring stream, and per second of audio
+/// scored — and refuses a new stream when the admitted ones plus it would need more than
+/// `utilisation` of the CPU it may use. That sees a CPU quota (a pod's `limits.cpu`) before any
+/// queue does: under a quota the process is stopped for the rest of each period once it has used
+/// its share, so the scoring queue and the runtime's timers stay short until the backlog is
+/// already seconds long.
 #[derive(Debug)]
 pub struct CpuMeter {
     limit_cores: f64,
@@ -165,6 +166,10 @@ pub struct CpuMeter {
     utilisation: f64,
     /// Cores used by the process over the last [`CpuMeter::WINDOW`] (f64 bits); NaN until measured.
     used: AtomicU64,
+    /// Seconds of audio scored per second over the same window (f64 bits).
+    audio_rate: AtomicU64,
+    /// Audio scored by all streams since start, ms (sessions add to it as their windows are scored).
+    processed_ms: AtomicU64,
     /// When the streams that passed [`CpuMeter::admit`] in the last [`CpuMeter::WARM_UP`] did.
     recent: Mutex<VecDeque<Instant>>,
 }
@@ -176,6 +181,7 @@ pub enum CpuRefusal {
     Full {
         used_cores: f64,
         scoring: usize,
+        cpu_per_audio_s: f64,
         needed_cores: f64,
         allowed_cores: f64,
         limit_cores: f64,
@@ -185,8 +191,8 @@ pub enum CpuRefusal {
 }
 
 impl CpuMeter {
-    /// The measurement window (process CPU sampled every quarter of it).
-    pub const WINDOW: Duration = Duration::from_secs(1);
+    /// The measurement window (process CPU sampled every eighth of it).
+    pub const WINDOW: Duration = Duration::from_secs(2);
     /// Streams that may warm up at once however few are scoring (a pod that starts, or one with
     /// few streams, is not refused a small burst).
     pub const MIN_WARMING: usize = 16;
@@ -208,6 +214,8 @@ impl CpuMeter {
             source,
             utilisation,
             used: AtomicU64::new(f64::NAN.to_bits()),
+            audio_rate: AtomicU64::new(0f64.to_bits()),
+            processed_ms: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
         })
     }
@@ -217,8 +225,15 @@ impl CpuMeter {
         (self.limit_cores, self.source)
     }
 
-    /// Record the cores the process used over the last window.
-    pub fn record(&self, cores: f64) {
+    /// Add audio that a stream has had scored (called per scored job).
+    pub fn add_processed(&self, ms: u64) {
+        self.processed_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Record the cores the process used over the last window and the seconds of audio it scored
+    /// per second meanwhile.
+    pub fn record(&self, cores: f64, audio_rate: f64) {
+        self.audio_rate.store(audio_rate.to_bits(), Ordering::Relaxed);
         self.used.store(cores.to_bits(), Ordering::Relaxed);
     }
 
@@ -235,10 +250,14 @@ impl CpuMeter {
     ///    only those admitted in the last [`WARM_UP`](Self::WARM_UP)): admission can at most double
     ///    the measured load per warm-up (~1 s), so a burst of connections (a pod that starts,
     ///    clients of a lost pod reconnecting) cannot be admitted before its cost shows.
-    /// 2. While the process uses at least half of the allowed CPU: (`used` / scoring) × (active + 1)
-    ///    ≤ `utilisation` × limit. Everything the process spends is charged to the scoring streams
-    ///    (idle, connection and warm-up costs included), an overestimate that matters only at low
-    ///    load, where the first condition keeps it from binding.
+    /// 2. While the process uses at least half of the allowed CPU: cost × (active + 1) ≤
+    ///    `utilisation` × limit, where a stream's cost is the larger of `used` / scoring (catches
+    ///    clients sending faster than real time) and `used` / audio scored per second, i.e. the
+    ///    CPU-seconds per audio-second of one real-time stream (catches a process that gets less
+    ///    CPU than it needs: its CPU per stream then looks small because the work is not done, but
+    ///    its CPU per audio-second does not). Everything the process spends is charged to the
+    ///    streams (idle, connection and warm-up costs included), an overestimate that matters only
+    ///    at low load, where the floor keeps it from binding.
     ///
     /// A stream that passes is remembered as admitted now (even if the stream limit then refuses
     /// it: an overcount that only errs towards caution).
@@ -276,11 +295,17 @@ impl CpuMeter {
         if scoring == 0 || used_cores < allowed_cores / 2.0 {
             return Ok(());
         }
-        let needed_cores = used_cores / scoring as f64 * (active + 1) as f64;
+        let audio_rate = f64::from_bits(self.audio_rate.load(Ordering::Relaxed));
+        // Nothing scored in the window while streams are scoring: starved, count a real-time
+        // stream as costing the whole measured CPU (the queue-wait rule sees this case too).
+        let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
+        let per_stream = (used_cores / scoring as f64).max(cpu_per_audio_s);
+        let needed_cores = per_stream * (active + 1) as f64;
         if needed_cores > allowed_cores {
             return Err(CpuRefusal::Full {
                 used_cores,
                 scoring,
+                cpu_per_audio_s,
                 needed_cores,
                 allowed_cores,
                 limit_cores: self.limit_cores,
@@ -297,12 +322,14 @@ pub fn refusal_error(r: CpuRefusal, retry_ms: u64) -> crate::error::ServiceError
         CpuRefusal::Full {
             used_cores,
             scoring,
+            cpu_per_audio_s,
             needed_cores,
             allowed_cores,
             limit_cores,
         } => ServiceError::CpuFull {
             scoring,
             used_cores,
+            cpu_per_audio_s,
             needed_cores,
             allowed_cores,
             limit_cores,
@@ -316,27 +343,31 @@ pub fn refusal_error(r: CpuRefusal, retry_ms: u64) -> crate::error::ServiceError
     }
 }
 
-/// Sample the process's CPU time every quarter window into `meter` and `kws_cpu_used_cores`.
+/// Sample the process's CPU time and the audio scored every eighth of a window into `meter` and
+/// `kws_cpu_used_cores`.
 pub async fn sample_cpu(meter: Arc<CpuMeter>) {
     let gauge = metrics::gauge!(names::CPU_USED);
-    let mut tick = tokio::time::interval(CpuMeter::WINDOW / 4);
+    let mut tick = tokio::time::interval(CpuMeter::WINDOW / 8);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut samples: VecDeque<(Instant, f64)> = VecDeque::new();
+    // (when, CPU seconds, audio ms scored)
+    let mut samples: VecDeque<(Instant, f64, u64)> = VecDeque::new();
     loop {
         tick.tick().await;
         let Some((cpu_s, _)) = crate::telemetry::read_proc_self(100.0) else {
             continue;
         };
+        let audio_ms = meter.processed_ms.load(Ordering::Relaxed);
         let now = Instant::now();
-        samples.push_back((now, cpu_s));
+        samples.push_back((now, cpu_s, audio_ms));
         while samples.len() > 2 && now.duration_since(samples[1].0) >= CpuMeter::WINDOW {
             samples.pop_front();
         }
-        if let Some(&(t0, c0)) = samples.front() {
-            let span = now.duration_since(t0);
-            if span >= CpuMeter::WINDOW {
-                let cores = (cpu_s - c0).max(0.0) / span.as_secs_f64();
-                meter.record(cores);
+        if let Some(&(t0, c0, a0)) = samples.front() {
+            let span = now.duration_since(t0).as_secs_f64();
+            if span >= CpuMeter::WINDOW.as_secs_f64() {
+                let cores = (cpu_s - c0).max(0.0) / span;
+                let audio_rate = audio_ms.saturating_sub(a0) as f64 / 1000.0 / span;
+                meter.record(cores, audio_rate);
                 gauge.set(cores);
             }
         }
@@ -415,7 +446,7 @@ mod tests {
         assert_eq!(m.limit(), (0.5, "config"));
         // Nothing measured yet: admitted.
         assert_eq!(m.admit(100, 0), Ok(()));
-        m.record(0.39);
+        m.record(0.39, 130.0);
         // 0.39 cores for 130 scoring streams = 0.003 each; 131 need 0.393 <= 0.4.
         assert_eq!(m.admit(130, 0), Ok(()));
         // 140 admitted (10 warming): 0.39 / 130 * 141 = 0.423 > 0.4.
@@ -423,24 +454,41 @@ mod tests {
             Err(CpuRefusal::Full {
                 used_cores,
                 scoring,
+                cpu_per_audio_s,
                 needed_cores,
                 allowed_cores,
                 limit_cores,
             }) => {
                 assert_eq!((used_cores, scoring, limit_cores), (0.39, 130, 0.5));
+                assert!((cpu_per_audio_s - 0.003).abs() < 1e-9, "{cpu_per_audio_s}");
                 assert!((needed_cores - 0.423).abs() < 1e-3, "{needed_cores}");
                 assert!((allowed_cores - 0.4).abs() < 1e-9, "{allowed_cores}");
             }
             other => panic!("{other:?}"),
         }
         // Below half the allowed CPU the estimate does not bind (fixed costs dominate it).
-        m.record(0.19);
-        assert_eq!(m.admit(9, 0), Ok(()));
-        m.record(0.21);
-        assert!(matches!(m.admit(9, 0), Err(CpuRefusal::Full { .. })));
+        // A starved process: 0.3 cores for 130 scoring streams looks cheap per stream (0.0023), but
+        // it scored only 75 s of audio per second (0.004 CPU-s per audio-s): 131 need 0.52.
+        m.record(0.3, 75.0);
+        match m.admit(130, 0) {
+            Err(CpuRefusal::Full { needed_cores, .. }) => {
+                assert!((needed_cores - 0.524).abs() < 1e-3, "{needed_cores}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Streams sending faster than real time: 130 s of audio per second from 10 streams at
+        // 0.39 cores is cheap per audio-second but 0.039 cores per stream: 11 need 0.43.
+        m.record(0.39, 130.0);
+        assert!(matches!(m.admit(10, 0), Err(CpuRefusal::Full { .. })));
+        // Below half the allowed CPU the estimate does not bind (fixed costs dominate it): 1
+        // scoring of 3 admitted at 0.19 cores would project 0.76 cores.
+        m.record(0.19, 1.0);
+        assert_eq!(m.admit(3, 2), Ok(()));
+        m.record(0.21, 1.0);
+        assert!(matches!(m.admit(3, 2), Err(CpuRefusal::Full { .. })));
         // Off.
         let off = CpuMeter::new(0.5, 0.0);
-        off.record(10.0);
+        off.record(10.0, 1.0);
         assert_eq!(off.admit(1000, 999), Ok(()));
     }
 

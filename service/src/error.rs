@@ -56,11 +56,12 @@ pub enum ServiceError {
     /// Load shedding by measured CPU: the admitted streams plus one more would need more CPU than
     /// the pod may use (`admission::CpuMeter`).
     #[error(
-        "server at its CPU limit: {scoring} scoring streams use {used_cores:.2} cores; one more stream would need {needed_cores:.2} of the {allowed_cores:.2} cores allowed ({limit_cores:.2}-core limit); retry after {retry_ms} ms"
+        "server at its CPU limit: {scoring} scoring streams use {used_cores:.2} cores ({cpu_per_audio_s:.4} CPU-s per audio-s); one more stream would need {needed_cores:.2} of the {allowed_cores:.2} cores allowed ({limit_cores:.2}-core limit); retry after {retry_ms} ms"
     )]
     CpuFull {
         scoring: usize,
         used_cores: f64,
+        cpu_per_audio_s: f64,
         needed_cores: f64,
         allowed_cores: f64,
         limit_cores: f64,
