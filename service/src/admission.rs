@@ -168,6 +168,9 @@ pub struct CpuMeter {
     used: AtomicU64,
     /// Seconds of audio scored per second over the same window (f64 bits).
     audio_rate: AtomicU64,
+    /// Streams scoring, averaged over the same window (f64 bits): during a ramp the CPU measured
+    /// over the window belongs to fewer streams than score now.
+    scoring_avg: AtomicU64,
     /// Audio scored by all streams since start, ms (sessions add to it as their windows are scored).
     processed_ms: AtomicU64,
     /// When the streams that passed [`CpuMeter::admit`] in the last [`CpuMeter::WARM_UP`] did.
@@ -215,6 +218,7 @@ impl CpuMeter {
             utilisation,
             used: AtomicU64::new(f64::NAN.to_bits()),
             audio_rate: AtomicU64::new(0f64.to_bits()),
+            scoring_avg: AtomicU64::new(0f64.to_bits()),
             processed_ms: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
         })
@@ -225,15 +229,19 @@ impl CpuMeter {
         (self.limit_cores, self.source)
     }
 
-    /// Add audio that a stream has had scored (called per scored job).
-    pub fn add_processed(&self, ms: u64) {
+    /// A stream's audio scored from `from_ms` to `to_ms` (called per scored job). The stream's
+    /// first second is not counted: it is scored at once with the first window, and during a ramp
+    /// those bursts would make the audio look cheap.
+    pub fn add_processed(&self, from_ms: u64, to_ms: u64) {
+        let ms = to_ms.saturating_sub(from_ms.max(1000));
         self.processed_ms.fetch_add(ms, Ordering::Relaxed);
     }
 
-    /// Record the cores the process used over the last window and the seconds of audio it scored
-    /// per second meanwhile.
-    pub fn record(&self, cores: f64, audio_rate: f64) {
+    /// Record, over the last window, the cores the process used, the seconds of audio it scored per
+    /// second and the streams scoring on average.
+    pub fn record(&self, cores: f64, audio_rate: f64, scoring_avg: f64) {
         self.audio_rate.store(audio_rate.to_bits(), Ordering::Relaxed);
+        self.scoring_avg.store(scoring_avg.to_bits(), Ordering::Relaxed);
         self.used.store(cores.to_bits(), Ordering::Relaxed);
     }
 
@@ -299,7 +307,8 @@ impl CpuMeter {
         // Nothing scored in the window while streams are scoring: starved, count a real-time
         // stream as costing the whole measured CPU (the queue-wait rule sees this case too).
         let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
-        let per_stream = (used_cores / scoring as f64).max(cpu_per_audio_s);
+        let scoring_avg = f64::from_bits(self.scoring_avg.load(Ordering::Relaxed));
+        let per_stream = (used_cores / scoring_avg.clamp(1.0, scoring as f64)).max(cpu_per_audio_s);
         let needed_cores = per_stream * (active + 1) as f64;
         if needed_cores > allowed_cores {
             return Err(CpuRefusal::Full {
@@ -343,14 +352,14 @@ pub fn refusal_error(r: CpuRefusal, retry_ms: u64) -> crate::error::ServiceError
     }
 }
 
-/// Sample the process's CPU time and the audio scored every eighth of a window into `meter` and
-/// `kws_cpu_used_cores`.
-pub async fn sample_cpu(meter: Arc<CpuMeter>) {
+/// Sample the process's CPU time, the audio scored and the streams scoring (`scoring()`) every
+/// eighth of a window into `meter` and `kws_cpu_used_cores`.
+pub async fn sample_cpu(meter: Arc<CpuMeter>, scoring: impl Fn() -> usize) {
     let gauge = metrics::gauge!(names::CPU_USED);
     let mut tick = tokio::time::interval(CpuMeter::WINDOW / 8);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // (when, CPU seconds, audio ms scored)
-    let mut samples: VecDeque<(Instant, f64, u64)> = VecDeque::new();
+    // (when, CPU seconds, audio ms scored, streams scoring)
+    let mut samples: VecDeque<(Instant, f64, u64, usize)> = VecDeque::new();
     loop {
         tick.tick().await;
         let Some((cpu_s, _)) = crate::telemetry::read_proc_self(100.0) else {
@@ -358,16 +367,19 @@ pub async fn sample_cpu(meter: Arc<CpuMeter>) {
         };
         let audio_ms = meter.processed_ms.load(Ordering::Relaxed);
         let now = Instant::now();
-        samples.push_back((now, cpu_s, audio_ms));
+        samples.push_back((now, cpu_s, audio_ms, scoring()));
         while samples.len() > 2 && now.duration_since(samples[1].0) >= CpuMeter::WINDOW {
             samples.pop_front();
         }
-        if let Some(&(t0, c0, a0)) = samples.front() {
+        if let Some(&(t0, c0, a0, _)) = samples.front() {
             let span = now.duration_since(t0).as_secs_f64();
             if span >= CpuMeter::WINDOW.as_secs_f64() {
                 let cores = (cpu_s - c0).max(0.0) / span;
                 let audio_rate = audio_ms.saturating_sub(a0) as f64 / 1000.0 / span;
-                meter.record(cores, audio_rate);
+                // The samples after the first cover the window's intervals.
+                let n = (samples.len() - 1).max(1) as f64;
+                let scoring_avg = samples.iter().skip(1).map(|s| s.3 as f64).sum::<f64>() / n;
+                meter.record(cores, audio_rate, scoring_avg);
                 gauge.set(cores);
             }
         }
@@ -446,7 +458,7 @@ mod tests {
         assert_eq!(m.limit(), (0.5, "config"));
         // Nothing measured yet: admitted.
         assert_eq!(m.admit(100, 0), Ok(()));
-        m.record(0.39, 130.0);
+        m.record(0.39, 130.0, 130.0);
         // 0.39 cores for 130 scoring streams = 0.003 each; 131 need 0.393 <= 0.4.
         assert_eq!(m.admit(130, 0), Ok(()));
         // 140 admitted (10 warming): 0.39 / 130 * 141 = 0.423 > 0.4.
@@ -469,7 +481,7 @@ mod tests {
         // Below half the allowed CPU the estimate does not bind (fixed costs dominate it).
         // A starved process: 0.3 cores for 130 scoring streams looks cheap per stream (0.0023), but
         // it scored only 75 s of audio per second (0.004 CPU-s per audio-s): 131 need 0.52.
-        m.record(0.3, 75.0);
+        m.record(0.3, 75.0, 130.0);
         match m.admit(130, 0) {
             Err(CpuRefusal::Full { needed_cores, .. }) => {
                 assert!((needed_cores - 0.524).abs() < 1e-3, "{needed_cores}")
@@ -478,17 +490,26 @@ mod tests {
         }
         // Streams sending faster than real time: 130 s of audio per second from 10 streams at
         // 0.39 cores is cheap per audio-second but 0.039 cores per stream: 11 need 0.43.
-        m.record(0.39, 130.0);
+        m.record(0.39, 130.0, 10.0);
         assert!(matches!(m.admit(10, 0), Err(CpuRefusal::Full { .. })));
+        // A ramp: the 0.25 cores measured over the window were used by 50 streams on average, not
+        // by the 100 scoring now: 111 need 0.555 (0.28 if charged to the 100).
+        m.record(0.25, 60.0, 50.0);
+        match m.admit(110, 10) {
+            Err(CpuRefusal::Full { needed_cores, .. }) => {
+                assert!((needed_cores - 0.555).abs() < 1e-3, "{needed_cores}")
+            }
+            other => panic!("{other:?}"),
+        }
         // Below half the allowed CPU the estimate does not bind (fixed costs dominate it): 1
         // scoring of 3 admitted at 0.19 cores would project 0.76 cores.
-        m.record(0.19, 1.0);
+        m.record(0.19, 1.0, 1.0);
         assert_eq!(m.admit(3, 2), Ok(()));
-        m.record(0.21, 1.0);
+        m.record(0.21, 1.0, 1.0);
         assert!(matches!(m.admit(3, 2), Err(CpuRefusal::Full { .. })));
         // Off.
         let off = CpuMeter::new(0.5, 0.0);
-        off.record(10.0, 1.0);
+        off.record(10.0, 1.0, 1.0);
         assert_eq!(off.admit(1000, 999), Ok(()));
     }
 

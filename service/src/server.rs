@@ -71,7 +71,14 @@ pub async fn serve(
         cpu: CpuMeter::new(config.server.cpu_limit_cores, config.server.shed_cpu_utilisation),
     };
     let lag_probe = tokio::spawn(probe_runtime_lag(deps.runtime_lag.clone()));
-    let cpu_sampler = tokio::spawn(crate::admission::sample_cpu(deps.cpu.clone()));
+    let scoring = {
+        let (active, warming) = (deps.active.clone(), deps.warming.clone());
+        move || {
+            let admitted = max.saturating_sub(active.available_permits());
+            admitted.saturating_sub(warming.load(std::sync::atomic::Ordering::Relaxed))
+        }
+    };
+    let cpu_sampler = tokio::spawn(crate::admission::sample_cpu(deps.cpu.clone(), scoring));
     let (cpu_limit, cpu_limit_source) = deps.cpu.limit();
     crate::telemetry::register_server();
     let cpu = kws_models::cpu::detect();

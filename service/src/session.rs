@@ -671,7 +671,7 @@ impl Session {
         if now > self.processed_counted_ms {
             metrics::gauge!(names::AUDIO_PROCESSED, "model" => self.model.name.clone())
                 .increment((now - self.processed_counted_ms) as f64 / 1000.0);
-            self.deps.cpu.add_processed(now - self.processed_counted_ms);
+            self.deps.cpu.add_processed(self.processed_counted_ms, now);
             self.processed_counted_ms = now;
         }
     }
