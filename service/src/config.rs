@@ -90,9 +90,10 @@ pub struct ServerConfig {
     /// first window scored yet (a burst would overshoot the capacity). 0 = all three off.
     pub shed_queue_wait_ms: u64,
     /// Load shedding by measured CPU: a new stream is refused when the admitted streams plus it
-    /// would need more than this share of `cpu_limit_cores`, at the CPU per scoring stream the
-    /// process measures over the last second (`admission::CpuMeter`). 0 = off; also off with
-    /// `shed_queue_wait_ms = 0`.
+    /// would need more than this share of `cpu_limit_cores`, at the cost of a stream the process
+    /// measures over the last 2 s (per scoring stream and per audio-second); and at most
+    /// max(16, streams scoring) admitted streams may not have scored yet (`admission::CpuMeter`).
+    /// 0 = off; also off with `shed_queue_wait_ms = 0`.
     pub shed_cpu_utilisation: f64,
     /// CPU the pod may use, in cores, for `shed_cpu_utilisation`; 0 = detect: the cgroup's CPU quota
     /// (a pod's `limits.cpu`), else the CPUs the process may run on. Set it to the pod's CPU request
@@ -557,6 +558,28 @@ mod tests {
         });
         assert_eq!(c.server.max_streams, 9);
         assert_eq!(c.models.serve, vec!["m:fp32".to_string()]);
+    }
+
+    #[test]
+    fn cpu_shedding_settings_are_checked() {
+        let c: Config =
+            toml::from_str("[server]\nshed_cpu_utilisation = 0.9\ncpu_limit_cores = 0.5\n").expect("parse");
+        assert_eq!(
+            (c.server.shed_cpu_utilisation, c.server.cpu_limit_cores),
+            (0.9, 0.5)
+        );
+        c.validate().expect("valid");
+        for (u, l, name) in [
+            (1.5, 0.0, "server.shed_cpu_utilisation"),
+            (f64::NAN, 0.0, "server.shed_cpu_utilisation"),
+            (0.8, -1.0, "server.cpu_limit_cores"),
+        ] {
+            let mut c = Config::default();
+            c.server.shed_cpu_utilisation = u;
+            c.server.cpu_limit_cores = l;
+            let e = c.validate().expect_err(name).to_string();
+            assert!(e.contains(name), "{e}");
+        }
     }
 
     #[test]

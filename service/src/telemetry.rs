@@ -24,7 +24,7 @@ pub mod names {
     /// Gauge: the CPU the pod may use, in cores (`server.cpu_limit_cores` or the cgroup quota), read
     /// by admission.
     pub const CPU_LIMIT: &str = "kws_cpu_limit_cores";
-    /// Gauge: cores the process used over the last second, as admission measures them.
+    /// Gauge: cores the process used over the last 2 s, as admission measures them.
     pub const CPU_USED: &str = "kws_cpu_used_cores";
     /// Gauge: streams opened that have not sent their config yet (they hold no stream slot).
     pub const AWAITING_CONFIG: &str = "kws_streams_awaiting_config";
@@ -203,7 +203,7 @@ pub fn describe() {
     );
     describe_gauge!(
         CPU_USED,
-        "Cores the process used over the last second (load shedding reads it)"
+        "Cores the process used over the last 2 s (load shedding reads it)"
     );
     describe_gauge!(
         AWAITING_CONFIG,
