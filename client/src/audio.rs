@@ -126,18 +126,9 @@ impl Audio {
             path: name.to_path_buf(),
             reason,
         };
-        if !(8_000..=192_000).contains(&spec.sample_rate) {
-            return Err(invalid(format!(
-                "sample rate {} Hz is outside the 8000..=192000 Hz the service accepts",
-                spec.sample_rate
-            )));
-        }
-        if !(1..=8).contains(&spec.channels) {
-            return Err(invalid(format!(
-                "{} channels; the service accepts 1..=8",
-                spec.channels
-            )));
-        }
+        // The ranges are kws-models' (the service validates with the same function).
+        kws_models::pcm::check_layout(spec.sample_rate, spec.channels)
+            .map_err(|e| invalid(format!("{e} (the service's limits)")))?;
         let (encoding, data) = match (spec.sample_format, spec.bits_per_sample) {
             (hound::SampleFormat::Int, 16) => {
                 let mut data = Vec::with_capacity(r.len() as usize * 2);
@@ -159,9 +150,10 @@ impl Audio {
                 let mut data = Vec::with_capacity(r.len() as usize * 4);
                 for s in r.samples::<f32>() {
                     let v = s.map_err(wav_err)?;
-                    if !v.is_finite() || v.abs() > 8.0 {
+                    if !v.is_finite() || v.abs() > kws_models::pcm::F32_MAX_ABS {
                         return Err(invalid(format!(
-                            "float sample {v} is not finite or beyond ±8 (the service accepts |x| <= 8)"
+                            "float sample {v} is not finite or beyond ±{max} (the service accepts |x| <= {max})",
+                            max = kws_models::pcm::F32_MAX_ABS
                         )));
                     }
                     data.extend_from_slice(&v.to_le_bytes());

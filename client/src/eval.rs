@@ -268,33 +268,20 @@ pub fn parse_grid(s: &str) -> Result<Vec<f32>, String> {
     Ok(grid)
 }
 
-/// Decoder overrides, applied identically by the server and `--local` (`None` = the model default;
-/// `Some(0)` for smoothing/refractory = none).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DecoderOverrides {
-    /// Window hop in ms (multiple of 10).
-    pub hop_ms: Option<u32>,
-    pub smoothing_ms: Option<u32>,
-    pub refractory_ms: Option<u32>,
-}
+/// Decoder overrides (`None` = the model default; `Some(0)` for smoothing/refractory = none):
+/// `kws_models`' type, which the server resolves a `StreamConfig` with and `--local` resolves with
+/// directly, so both get the same settings.
+pub use kws_models::DecoderOverrides;
 
-impl DecoderOverrides {
-    /// Set the corresponding StreamConfig fields.
-    pub fn apply(&self, c: &mut v1::StreamConfig) {
-        if let Some(h) = self.hop_ms {
-            c.hop_ms = h;
-        }
-        match self.smoothing_ms {
-            Some(0) => c.no_smoothing = true,
-            Some(v) => c.smoothing_ms = v,
-            None => {}
-        }
-        match self.refractory_ms {
-            Some(0) => c.no_refractory = true,
-            Some(v) => c.refractory_ms = v,
-            None => {}
-        }
-    }
+/// Set the `StreamConfig` fields that carry `o` (the wire convention is `kws_models::WireOverrides`,
+/// whose inverse the server applies).
+pub fn apply_overrides(o: DecoderOverrides, c: &mut v1::StreamConfig) {
+    let w = kws_models::WireOverrides::from(o);
+    c.hop_ms = w.hop_ms;
+    c.smoothing_ms = w.smoothing_ms;
+    c.no_smoothing = w.no_smoothing;
+    c.refractory_ms = w.refractory_ms;
+    c.no_refractory = w.no_refractory;
 }
 
 /// The model as the report names it (`name` is the served name, `model:variant`).
@@ -424,7 +411,7 @@ async fn score_one_remote(
         .file_name()
         .map(|n| n.to_string_lossy().chars().take(100).collect())
         .unwrap_or_default();
-    overrides.apply(&mut config);
+    apply_overrides(overrides, &mut config);
     let (labels, _) = known_labels(item, keywords);
     let opts = SendOptions {
         format: audio.format,
@@ -481,8 +468,8 @@ pub mod local {
     use std::path::Path;
 
     use kws_models::{
-        Encoding as MEncoding, Manifest, OnnxScorer, PcmFormat, Scorer, ScorerOptions, Spotter, StreamConfig,
-        WindowBatch,
+        Encoding as MEncoding, Manifest, OnnxScorer, PcmFormat, ProcessError, ScorerOptions, Spotter,
+        StreamConfig, WindowBatch,
     };
 
     use super::{DecoderOverrides, EvalError, EvalItem, FileScores, ModelId};
@@ -538,27 +525,11 @@ pub mod local {
             };
             let format = PcmFormat::new(encoding, audio.format.sample_rate_hz, audio.format.channels)
                 .map_err(|e| EvalError::Input(format!("{}: {e}", item.wav.display())))?;
-            let mut config = StreamConfig::from_manifest(m, format);
-            if let Some(h) = overrides.hop_ms {
-                if h % 10 != 0 || !(10..=980).contains(&h) {
-                    return Err(EvalError::Input(format!(
-                        "hop {h} ms must be a multiple of 10 in 10..=980"
-                    )));
-                }
-                config.hop_frames = h / 10;
-            }
-            if let Some(s) = overrides.smoothing_ms {
-                config.decoder.smoothing_ms = s;
-            }
-            if let Some(r) = overrides.refractory_ms {
-                config.decoder.refractory_ms = r;
-            }
-            config
-                .decoder
-                .validate(&m.keywords)
+            // The server's own resolution of a StreamConfig (all keywords, model thresholds).
+            let config = StreamConfig::resolve(m, format, &[], [], overrides)
                 .map_err(|e| EvalError::Input(e.to_string()))?;
             let (hop_ms, smoothing_ms, refractory_ms) = (
-                config.hop_frames * 10,
+                config.hop_ms(),
                 config.decoder.smoothing_ms,
                 config.decoder.refractory_ms,
             );
@@ -571,24 +542,16 @@ pub mod local {
             spotter
                 .finish(&mut batch)
                 .map_err(|e| EvalError::Input(format!("{}: {e}", item.wav.display())))?;
-            let classes = self.scorer.num_classes();
             let n = m.keywords.len();
-            let per = kws_models::frontend::WINDOW_VALUES;
             let mut windows = Vec::with_capacity(batch.len());
-            let mut probs = Vec::new();
-            for part in 0..batch.len().div_ceil(256) {
-                let (a, b) = (part * 256, ((part + 1) * 256).min(batch.len()));
-                probs.resize((b - a) * classes, 0.0);
-                self.scorer
-                    .score(&batch.features()[a * per..b * per], &mut probs)
-                    .map_err(|e| EvalError::Local(format!("inference: {e}")))?;
-                for (i, w) in batch.windows()[a..b].iter().enumerate() {
-                    spotter
-                        .apply(w, &probs[i * classes..(i + 1) * classes])
-                        .map_err(|e| EvalError::Local(e.to_string()))?;
-                    windows.push((w.start_ms, w.end_ms, spotter.smoothed()[..n].to_vec()));
-                }
-            }
+            spotter
+                .score_windows(&mut self.scorer, &batch, |w, smoothed, _| {
+                    windows.push((w.start_ms, w.end_ms, smoothed[..n].to_vec()))
+                })
+                .map_err(|e| match e {
+                    ProcessError::Score(e) => EvalError::Local(format!("inference: {e}")),
+                    e => EvalError::Local(e.to_string()),
+                })?;
             Ok(FileScores {
                 keywords: m.keywords.clone(),
                 refractory_ms,

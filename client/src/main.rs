@@ -296,8 +296,8 @@ async fn detect(conn: &ConnArgs, a: DetectArgs) -> u8 {
             sample_rate_hz: rate,
             channels: a.channels,
         };
-        if !(8_000..=192_000).contains(&rate) || !(1..=8).contains(&a.channels) {
-            eprintln!("kws-client: --rate must be in 8000..=192000 and --channels in 1..=8");
+        if let Err(e) = kws_models::pcm::check_layout(rate, a.channels) {
+            eprintln!("kws-client: --rate / --channels: {e}");
             return USAGE;
         }
         (f, None)

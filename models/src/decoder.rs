@@ -8,10 +8,8 @@
 //! deadline becomes `end_ms + refractory_ms` (one utterance, one event, whatever the keyword).
 
 use crate::error::ConfigError;
-use crate::frontend::WINDOW_FRAMES;
+use crate::frontend::{MS_PER_FRAME, WINDOW_FRAMES};
 
-/// Milliseconds per MFCC frame (hop).
-pub const MS_PER_FRAME: u32 = 10;
 /// Most classes a model may have (12 in the shipped models).
 pub const MAX_CLASSES: usize = 16;
 /// Longest smoothing span accepted.

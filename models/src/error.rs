@@ -12,8 +12,25 @@ pub enum ConfigError {
     Channels(u16),
     #[error("hop of {0} frames is not supported: use 1..=98 frames (10 ms each)")]
     Hop(u32),
-    #[error("unknown keyword {name:?}: the model's keywords are {known}")]
-    UnknownKeyword { name: String, known: String },
+    #[error("hop_ms {0} must be a multiple of 10 in 10..=980")]
+    HopMs(u32),
+    #[error(
+        "{listed} keywords listed, but the model has only {model}: list each keyword at most once ({known})"
+    )]
+    TooManyKeywords {
+        listed: usize,
+        model: usize,
+        known: String,
+    },
+    /// `field` is where the name was given: `keywords` or `thresholds`.
+    #[error("unknown keyword {name:?} in {field}: the model's keywords are {known}")]
+    UnknownKeyword {
+        field: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("keyword {0:?} is listed twice in keywords: list each keyword at most once")]
+    DuplicateKeyword(String),
     #[error("threshold {value} for {keyword:?} is outside [0, 1]")]
     Threshold { keyword: String, value: f32 },
     #[error("smoothing span {0} ms is not supported: use 0..=1000 ms")]

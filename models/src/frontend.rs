@@ -38,6 +38,14 @@ pub const LOG_OFFSET: f64 = 1e-6;
 pub const WINDOW_FRAMES: usize = 98;
 /// Values per model window (98 x 40).
 pub const WINDOW_VALUES: usize = WINDOW_FRAMES * NUM_MFCC;
+/// Milliseconds between frame starts (the hop: 160 samples at 16 kHz).
+pub const MS_PER_FRAME: u32 = HOP_LENGTH as u32 * 1000 / SAMPLE_RATE;
+/// Milliseconds one frame spans (480 samples at 16 kHz).
+pub const FRAME_MS: u32 = FRAME_LENGTH as u32 * 1000 / SAMPLE_RATE;
+/// Milliseconds one window spans, from the start of its first frame to the end of its last (1 s):
+/// no window exists before this much audio.
+pub const WINDOW_MS: u32 = (WINDOW_FRAMES as u32 - 1) * MS_PER_FRAME + FRAME_MS;
+const _: () = assert!(MS_PER_FRAME == 10 && FRAME_MS == 30 && WINDOW_MS == 1000);
 const NUM_BINS: usize = FFT_SIZE / 2 + 1;
 
 struct Tables {

@@ -22,7 +22,9 @@
 //! - [`manifest`]: model manifests and their checks.
 //! - [`cpu`]: which int8 kernels ONNX Runtime picks on this CPU (for logs and model info).
 //! - [`eval`]: matching detections to ground truth, decoding at a grid of thresholds.
-//! - [`spotter`]: the per-stream pipeline.
+//! - [`spotter`]: the per-stream pipeline; [`StreamConfig::resolve`] (a stream's settings from the
+//!   manifest and a client's overrides) and [`Spotter::score_windows`] (scoring pending windows in
+//!   order), the rules the service and `kws-client eval --local` share.
 
 #![forbid(unsafe_code)]
 
@@ -44,4 +46,6 @@ pub use pcm::{Encoding, PcmFormat};
 pub use scorer::Scorer;
 #[cfg(feature = "onnx")]
 pub use scorer::{OnnxScorer, ScorerOptions};
-pub use spotter::{OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta};
+pub use spotter::{
+    DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta, WireOverrides,
+};

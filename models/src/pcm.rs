@@ -16,6 +16,18 @@ pub const MAX_CHANNELS: u16 = 8;
 /// tolerated, while larger values almost always mean integer-scaled samples sent as floats.
 pub const F32_MAX_ABS: f32 = 8.0;
 
+/// Check an input's rate (8–192 kHz) and channel count (1–8), whatever its encoding: the one home of
+/// these ranges (the client checks WAV files with it before streaming them).
+pub fn check_layout(sample_rate: u32, channels: u16) -> Result<(), ConfigError> {
+    if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
+        return Err(ConfigError::SampleRate(sample_rate));
+    }
+    if !(1..=MAX_CHANNELS).contains(&channels) {
+        return Err(ConfigError::Channels(channels));
+    }
+    Ok(())
+}
+
 /// Sample encoding of the raw bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -54,12 +66,7 @@ pub struct PcmFormat {
 impl PcmFormat {
     /// Validates rate (8–192 kHz) and channel count (1–8).
     pub fn new(encoding: Encoding, sample_rate: u32, channels: u16) -> Result<Self, ConfigError> {
-        if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&sample_rate) {
-            return Err(ConfigError::SampleRate(sample_rate));
-        }
-        if !(1..=MAX_CHANNELS).contains(&channels) {
-            return Err(ConfigError::Channels(channels));
-        }
+        check_layout(sample_rate, channels)?;
         Ok(Self {
             encoding,
             sample_rate,
@@ -71,7 +78,7 @@ impl PcmFormat {
     pub fn native_s16() -> Self {
         Self {
             encoding: Encoding::S16Le,
-            sample_rate: 16_000,
+            sample_rate: crate::frontend::SAMPLE_RATE,
             channels: 1,
         }
     }

@@ -18,9 +18,8 @@ use rubato::{
 };
 
 use crate::error::{AudioError, ConfigError};
+use crate::frontend::SAMPLE_RATE;
 
-/// The model's sample rate in Hz.
-pub const TARGET_RATE: u32 = 16_000;
 /// Input block of the FFT resampler, in ms (its delay is half of it).
 const FFT_BLOCK_MS: usize = 40;
 
@@ -62,14 +61,14 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 impl StreamResampler {
     /// A resampler from `rate_in` Hz (already validated to 8–192 kHz) to 16 kHz.
     pub fn new(rate_in: u32) -> Result<Self, ConfigError> {
-        if rate_in == TARGET_RATE {
+        if rate_in == SAMPLE_RATE {
             return Ok(Self { rate_in, state: None });
         }
         let err = |e: rubato::ResamplerConstructionError| ConfigError::Resampler {
             rate: rate_in,
             reason: e.to_string(),
         };
-        let block_in = (rate_in / gcd(rate_in, TARGET_RATE)) as usize;
+        let block_in = (rate_in / gcd(rate_in, SAMPLE_RATE)) as usize;
         let ten_ms = (rate_in as usize).div_ceil(100);
         let resampler: Box<dyn Resampler<f32>> = if block_in <= rate_in as usize / 10 {
             // 40 ms FFT blocks: the anti-aliasing filter is then flat to ~7.5 kHz (a 10 ms block rolls
@@ -78,7 +77,7 @@ impl StreamResampler {
             Box::new(
                 rubato::Fft::<f32>::new_custom(
                     rate_in as usize,
-                    TARGET_RATE as usize,
+                    SAMPLE_RATE as usize,
                     chunk,
                     1,
                     1,
@@ -97,7 +96,7 @@ impl StreamResampler {
             };
             Box::new(
                 Async::<f32>::new_sinc(
-                    f64::from(TARGET_RATE) / f64::from(rate_in),
+                    f64::from(SAMPLE_RATE) / f64::from(rate_in),
                     1.0,
                     &params,
                     ten_ms,
@@ -184,7 +183,7 @@ impl StreamResampler {
             return Ok(());
         }
         s.finished = true;
-        let expected = s.frames_in * u64::from(TARGET_RATE) / u64::from(self.rate_in);
+        let expected = s.frames_in * u64::from(SAMPLE_RATE) / u64::from(self.rate_in);
         let pending = std::mem::take(&mut s.pending);
         let mut partial = pending.len();
         let mut zeros = vec![0.0f32; s.resampler.input_frames_max()];

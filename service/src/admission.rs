@@ -362,7 +362,7 @@ pub async fn sample_cpu(meter: Arc<CpuMeter>, scoring: impl Fn() -> usize) {
     let mut samples: VecDeque<(Instant, f64, u64, usize)> = VecDeque::new();
     loop {
         tick.tick().await;
-        let Some((cpu_s, _)) = crate::telemetry::read_proc_self(100.0) else {
+        let Some((cpu_s, _)) = crate::telemetry::read_proc_self() else {
             continue;
         };
         let audio_ms = meter.processed_ms.load(Ordering::Relaxed);

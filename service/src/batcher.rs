@@ -1,40 +1,79 @@
 //! Dynamic batching of scoring jobs across streams (Triton's dynamic batcher is the model).
 //!
-//! Streams submit jobs (one or more windows each) to a bounded MPMC queue per model. Each inference
-//! worker is a dedicated OS thread owning one ONNX Runtime session. A worker takes the first job,
-//! then keeps collecting until the batch holds `max_batch` windows or `max_delay` has passed since that
-//! first job was enqueued, runs one `Session::run` over the concatenated windows and sends every job
-//! its slice of posteriors. Jobs are never dropped: a full queue makes `submit` wait (which makes the
-//! stream stop reading its client), and every job is answered, with an error if inference fails.
+//! Streams submit jobs (one or more windows each, at most `max_batch`) to a bounded MPMC queue per
+//! model. Each inference worker is a dedicated OS thread owning one ONNX Runtime session. A worker
+//! takes the first job, then keeps collecting until the batch holds `max_batch` windows or
+//! `max_delay` has passed since that first job was enqueued, runs one `Session::run` over the
+//! concatenated windows and sends every job its slice of posteriors. `max_batch` is a hard cap: a job
+//! that would take the batch beyond it is held over and opens the next batch. Jobs are never
+//! dropped while their stream waits: a full queue makes `submit` wait (which makes the stream stop
+//! reading its client), and every job is answered, with an error if inference fails. A job whose
+//! stream has gone (its reply channel is closed) is not scored.
+//!
+//! The batching decision itself (`BatchState`) is plain state, tested without threads or clocks;
+//! the worker adds the queue, the deadline and the scorer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kws_models::Scorer;
 use kws_models::frontend::WINDOW_VALUES;
+use kws_models::{ScoreError, Scorer};
 use tokio::sync::oneshot;
 
 use crate::telemetry::names;
 
-/// One stream's windows to score. `features` holds `windows * 98 * 40` values; `probs` is a buffer
-/// the worker fills (`windows * classes`), handed back with the reply so streams reuse allocations.
+/// Bytes of one window of features.
+pub const WINDOW_BYTES: usize = WINDOW_VALUES * std::mem::size_of::<f32>();
+
+/// One stream's windows to score: `windows() * 98 * 40` feature values. The fields are private so
+/// that this invariant, which the worker's slicing relies on, holds for every job.
 #[derive(Debug)]
 pub struct Job {
-    pub features: Vec<f32>,
-    pub probs: Vec<f32>,
-    pub windows: usize,
-    pub enqueued: Instant,
-    pub reply: oneshot::Sender<JobResult>,
+    features: Vec<f32>,
+    windows: usize,
+    enqueued: Instant,
+    reply: oneshot::Sender<JobResult>,
+}
+
+impl Job {
+    /// A job of the whole windows in `features` (at least one; a partial window is refused), enqueued
+    /// now; its result goes to `reply`.
+    pub fn new(features: Vec<f32>, reply: oneshot::Sender<JobResult>) -> Result<Self, ScoreError> {
+        if features.is_empty() || !features.len().is_multiple_of(WINDOW_VALUES) {
+            return Err(ScoreError::InputShape { got: features.len() });
+        }
+        Ok(Self {
+            windows: features.len() / WINDOW_VALUES,
+            features,
+            enqueued: Instant::now(),
+            reply,
+        })
+    }
+
+    /// Windows in this job.
+    pub fn windows(&self) -> usize {
+        self.windows
+    }
+}
+
+/// Why a job has no posteriors.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    /// ONNX Runtime failed on the batch the job ran in (every job of that batch gets this).
+    #[error(transparent)]
+    Score(#[from] ScoreError),
 }
 
 /// A scored job: the buffers back, and how it went.
 #[derive(Debug)]
 pub struct JobResult {
+    /// The job's features, handed back so the stream reuses the allocation.
     pub features: Vec<f32>,
+    /// `windows * classes` posteriors (empty on error).
     pub probs: Vec<f32>,
-    pub result: Result<(), String>,
+    pub result: Result<(), BatchError>,
     /// Windows in the batch this job ran in.
     pub batch_windows: usize,
 }
@@ -139,7 +178,8 @@ impl Batcher {
         ))
     }
 
-    /// Most windows per job (a job may not exceed a batch).
+    /// Most windows per job and per batch. Workers exit once every `Batcher` clone is dropped and
+    /// the queue is empty.
     pub fn max_batch(&self) -> usize {
         self.max_batch
     }
@@ -159,11 +199,110 @@ impl Batcher {
     pub fn queue_wait(&self) -> Duration {
         self.wait.current()
     }
+}
 
-    /// The served model's name. Workers exit once every `Batcher` clone is dropped and the queue
-    /// is empty.
-    pub fn model(&self) -> &str {
-        &self.model
+/// What became of a job offered to a [`BatchState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// In the batch, which has room for more.
+    Taken,
+    /// The batch is complete: the job filled it, or it would have overflowed it and is held over
+    /// for the next batch.
+    Full,
+    /// Its stream has gone (reply channel closed): dropped unscored.
+    Skipped,
+}
+
+/// The batching decision: which jobs form the next batch, their concatenated features, and the
+/// split of the posteriors back to them. No threads, no clock reads (tests drive it directly).
+#[derive(Debug)]
+struct BatchState {
+    max_batch: usize,
+    jobs: Vec<Job>,
+    windows: usize,
+    /// The job that would have overflowed the last batch; it opens the next one.
+    held: Option<Job>,
+}
+
+impl BatchState {
+    fn new(max_batch: usize) -> Self {
+        Self {
+            max_batch,
+            jobs: Vec::with_capacity(max_batch),
+            windows: 0,
+            held: None,
+        }
+    }
+
+    /// The job held over from the last batch, if any: it must open the next one (it waited longest).
+    fn take_held(&mut self) -> Option<Job> {
+        self.held.take()
+    }
+
+    /// Add a job to the batch being collected. The first job is always taken (a job holds at most
+    /// `max_batch` windows: the session splits larger ones); a later one only while the batch stays
+    /// within `max_batch` windows.
+    fn offer(&mut self, job: Job) -> Offer {
+        if job.reply.is_closed() {
+            return Offer::Skipped;
+        }
+        if !self.jobs.is_empty() && self.windows + job.windows > self.max_batch {
+            self.held = Some(job);
+            return Offer::Full;
+        }
+        self.windows += job.windows;
+        self.jobs.push(job);
+        if self.windows >= self.max_batch {
+            Offer::Full
+        } else {
+            Offer::Taken
+        }
+    }
+
+    /// When the batch must run: `max_delay` after its first job was enqueued (None while empty).
+    fn deadline(&self, max_delay: Duration) -> Option<Instant> {
+        self.jobs.first().map(|j| j.enqueued + max_delay)
+    }
+
+    /// Windows in the batch.
+    fn windows(&self) -> usize {
+        self.windows
+    }
+
+    /// When each job of the batch was enqueued, oldest first.
+    fn enqueued(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.jobs.iter().map(|j| j.enqueued)
+    }
+
+    /// The batch's features, job after job, into `out` (cleared first).
+    fn concatenate(&self, out: &mut Vec<f32>) {
+        out.clear();
+        for job in &self.jobs {
+            out.extend_from_slice(&job.features);
+        }
+    }
+
+    /// Answer every job of the batch: its slice of `scored` (`windows * classes` posteriors for the
+    /// whole batch) or the error. Empties the batch (a held job stays held).
+    fn split(&mut self, scored: Result<&[f32], &BatchError>, classes: usize) {
+        let batch_windows = self.windows;
+        let mut offset = 0;
+        for job in self.jobs.drain(..) {
+            let n = job.windows * classes;
+            let (probs, result) = match scored {
+                Ok(all) => (all[offset..offset + n].to_vec(), Ok(())),
+                Err(e) => (Vec::new(), Err(e.clone())),
+            };
+            offset += n;
+            // A stream that went away meanwhile does not read its reply: nothing to do.
+            let _ = job.reply.send(JobResult {
+                features: job.features,
+                probs,
+                result,
+                batch_windows,
+            });
+        }
+        self.windows = 0;
     }
 }
 
@@ -180,56 +319,47 @@ fn worker(
     let queue_wait = metrics::histogram!(names::QUEUE_WAIT, &labels);
     let inference = metrics::histogram!(names::INFERENCE, &labels);
     let depth = metrics::gauge!(names::QUEUE_DEPTH, &labels);
-    let mut jobs: Vec<Job> = Vec::with_capacity(settings.max_batch);
+    let mut state = BatchState::new(settings.max_batch);
     let mut features: Vec<f32> = Vec::with_capacity(settings.max_batch * WINDOW_VALUES);
     let mut probs: Vec<f32> = Vec::new();
-    // `recv` fails only when every sender is gone: the service is shutting down.
-    while let Ok(first) = rx.recv() {
-        let deadline = first.enqueued + settings.max_delay;
-        let mut windows = first.windows;
-        jobs.push(first);
-        while windows < settings.max_batch {
+    loop {
+        // A batch opens with the job held over from the last one, else with the next in the queue;
+        // `recv` fails only when every sender is gone: the service is shutting down.
+        let first = match state.take_held() {
+            Some(job) => job,
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        let mut offer = state.offer(first);
+        let Some(deadline) = state.deadline(settings.max_delay) else {
+            continue; // its stream has gone
+        };
+        while offer != Offer::Full {
             match rx.recv_deadline(deadline) {
-                Ok(job) => {
-                    windows += job.windows;
-                    jobs.push(job);
-                }
+                Ok(job) => offer = state.offer(job),
                 Err(_) => break,
             }
         }
         depth.set(rx.len() as f64);
         let started = Instant::now();
-        features.clear();
-        if let Some(oldest) = jobs.first() {
-            wait.record(started.saturating_duration_since(oldest.enqueued));
+        if let Some(oldest) = state.enqueued().next() {
+            wait.record(started.saturating_duration_since(oldest));
         }
-        for job in &jobs {
-            features.extend_from_slice(&job.features[..job.windows * WINDOW_VALUES]);
-            queue_wait.record(started.saturating_duration_since(job.enqueued).as_secs_f64());
+        for enqueued in state.enqueued() {
+            queue_wait.record(started.saturating_duration_since(enqueued).as_secs_f64());
         }
+        state.concatenate(&mut features);
+        let windows = state.windows();
         probs.resize(windows * classes, 0.0);
-        let result = scorer.score(&features, &mut probs).map_err(|e| e.to_string());
+        let result = scorer.score(&features, &mut probs).map_err(BatchError::from);
         inference.record(started.elapsed().as_secs_f64());
         batch_size.record(windows as f64);
         if let Err(e) = &result {
             tracing::error!(model = %model, windows, error = %e, "inference failed");
         }
-        let mut offset = 0;
-        for mut job in jobs.drain(..) {
-            let n = job.windows * classes;
-            job.probs.clear();
-            if result.is_ok() {
-                job.probs.extend_from_slice(&probs[offset..offset + n]);
-            }
-            offset += n;
-            // A stream that went away does not read its reply: nothing to do.
-            let _ = job.reply.send(JobResult {
-                features: job.features,
-                probs: job.probs,
-                result: result.clone(),
-                batch_windows: windows,
-            });
-        }
+        state.split(result.as_ref().map(|()| probs.as_slice()), classes);
     }
     tracing::debug!(model = %model, "inference worker stopped");
 }
@@ -266,16 +396,100 @@ mod tests {
         for w in 0..windows {
             features[w * WINDOW_VALUES] = value + w as f32;
         }
-        (
-            Job {
-                features,
-                probs: Vec::new(),
-                windows,
-                enqueued: Instant::now(),
-                reply,
-            },
-            rx,
-        )
+        (Job::new(features, reply).expect("whole windows"), rx)
+    }
+
+    #[test]
+    fn a_job_holds_whole_windows() {
+        let (reply, _rx) = oneshot::channel();
+        let e = Job::new(vec![0.0; WINDOW_VALUES + 1], reply).expect_err("partial window");
+        assert_eq!(
+            e,
+            ScoreError::InputShape {
+                got: WINDOW_VALUES + 1
+            }
+        );
+        let (reply, _rx) = oneshot::channel();
+        assert!(Job::new(Vec::new(), reply).is_err(), "no window");
+        assert_eq!(job(0.0, 3).0.windows(), 3);
+    }
+
+    #[test]
+    fn max_batch_is_a_cap_and_the_overflowing_job_opens_the_next_batch() {
+        let mut s = BatchState::new(8);
+        let (a, _ra) = job(0.0, 3);
+        let (b, _rb) = job(10.0, 3);
+        let (c, _rc) = job(20.0, 3);
+        assert_eq!(s.offer(a), Offer::Taken);
+        assert_eq!(s.offer(b), Offer::Taken);
+        // 9 windows would exceed 8: the batch is complete at 6 and `c` waits for the next one.
+        assert_eq!(s.offer(c), Offer::Full);
+        assert_eq!(s.windows(), 6);
+        let mut features = Vec::new();
+        s.concatenate(&mut features);
+        assert_eq!(features.len(), 6 * WINDOW_VALUES);
+        s.split(Ok(&[0.5; 6 * 2]), 2);
+        assert_eq!(s.windows(), 0);
+        let held = s.take_held().expect("held over");
+        assert_eq!(held.windows(), 3);
+        assert!(s.take_held().is_none());
+        assert_eq!(s.offer(held), Offer::Taken);
+        // A job that fills the batch exactly completes it.
+        let (d, _rd) = job(30.0, 5);
+        assert_eq!(s.offer(d), Offer::Full);
+        assert_eq!(s.windows(), 8);
+        assert!(s.take_held().is_none(), "nothing overflowed");
+    }
+
+    #[test]
+    fn a_job_of_max_batch_windows_is_a_batch_of_its_own() {
+        let mut s = BatchState::new(4);
+        let (a, _ra) = job(0.0, 4);
+        assert_eq!(s.offer(a), Offer::Full);
+        assert_eq!(s.windows(), 4);
+    }
+
+    #[test]
+    fn jobs_of_streams_that_have_gone_are_not_scored() {
+        let mut s = BatchState::new(8);
+        let (a, ra) = job(0.0, 2);
+        drop(ra);
+        assert_eq!(s.offer(a), Offer::Skipped);
+        assert!(s.deadline(Duration::from_millis(5)).is_none(), "nothing to run");
+        let (b, _rb) = job(1.0, 2);
+        assert_eq!(s.offer(b), Offer::Taken);
+        assert_eq!(s.windows(), 2);
+    }
+
+    #[test]
+    fn split_routes_each_jobs_slice_or_the_error() {
+        let mut s = BatchState::new(8);
+        let (a, mut ra) = job(0.0, 1);
+        let (b, mut rb) = job(100.0, 2);
+        s.offer(a);
+        s.offer(b);
+        let mut features = Vec::new();
+        s.concatenate(&mut features);
+        let firsts: Vec<f32> = features.chunks(WINDOW_VALUES).map(|w| w[0]).collect();
+        assert_eq!(
+            firsts,
+            vec![0.0, 100.0, 101.0],
+            "job after job, window after window"
+        );
+        s.split(Ok(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), 2);
+        let a = ra.try_recv().expect("a answered");
+        let b = rb.try_recv().expect("b answered");
+        assert_eq!((a.probs, a.batch_windows), (vec![1.0, 2.0], 3));
+        assert_eq!(b.probs, vec![3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(b.features.len(), 2 * WINDOW_VALUES, "buffers come back");
+
+        let (c, mut rc) = job(0.0, 1);
+        s.offer(c);
+        let failed = BatchError::Score(ScoreError::Runtime("boom".into()));
+        s.split(Err(&failed), 2);
+        let c = rc.try_recv().expect("c answered");
+        assert_eq!(c.result, Err(failed));
+        assert!(c.probs.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

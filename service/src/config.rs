@@ -11,6 +11,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+/// Log line format (`log.format`); defined with the logging it configures.
+pub use crate::telemetry::LogFormat;
+
 /// The whole service configuration, as loaded from TOML (every field has a default).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -142,6 +145,52 @@ impl Default for ServerConfig {
     }
 }
 
+/// The `*_ms` settings as durations: the fields stay integers (they are the TOML keys); code reads
+/// these.
+impl ServerConfig {
+    pub fn first_message_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_message_timeout_ms)
+    }
+
+    /// `None`: never trim.
+    pub fn memory_trim_interval(&self) -> Option<Duration> {
+        nonzero_ms(self.memory_trim_interval_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn max_stream_lifetime(&self) -> Duration {
+        Duration::from_millis(self.max_stream_lifetime_ms)
+    }
+
+    pub fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+
+    pub fn slow_reader_timeout(&self) -> Duration {
+        Duration::from_millis(self.slow_reader_timeout_ms)
+    }
+
+    /// `None`: connections never age out.
+    pub fn max_connection_age(&self) -> Option<Duration> {
+        nonzero_ms(self.max_connection_age_ms)
+    }
+
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls_handshake_timeout_ms)
+    }
+
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_millis(self.event_retention_ms)
+    }
+}
+
+fn nonzero_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatcherConfig {
@@ -155,6 +204,12 @@ pub struct BatcherConfig {
     pub intra_threads: usize,
     /// Scoring jobs queued per model before streams wait to enqueue.
     pub queue_capacity: usize,
+}
+
+impl BatcherConfig {
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(self.max_delay_us)
+    }
 }
 
 impl Default for BatcherConfig {
@@ -191,13 +246,6 @@ impl Default for ModelsConfig {
             ort_library: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -249,6 +297,11 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    /// How often the tokens file is checked for changes; zero = only on SIGHUP.
+    pub fn watch_interval(&self) -> Duration {
+        Duration::from_millis(self.watch_interval_ms)
+    }
+
     /// True when bearer tokens are required (a tokens file or variable is configured).
     pub fn enabled(&self) -> bool {
         self.tokens_file.is_some() || self.tokens_env.is_some()
@@ -332,7 +385,10 @@ pub struct Cli {
     pub check: bool,
 }
 
-/// A configuration problem, reported with exit status 64.
+/// Exit status for an invalid configuration (sysexits.h `EX_USAGE`).
+pub const EX_USAGE: u8 = 64;
+
+/// A configuration problem, reported with exit status [`EX_USAGE`].
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -440,7 +496,7 @@ impl Config {
                 return Err(bad(format!("{name} must be > 0")));
             }
         }
-        let window = kws_models::frontend::WINDOW_VALUES * 4;
+        let window = crate::batcher::WINDOW_BYTES;
         let job = self.batcher.max_batch.max(s.max_inflight_windows) * window;
         if s.max_queued_bytes < job || s.max_queued_bytes / window > u32::MAX as usize {
             return Err(bad(format!(
@@ -502,10 +558,6 @@ impl Config {
             return Err(bad("evaluation.thresholds must be ascending values in (0, 1)"));
         }
         Ok(())
-    }
-
-    pub fn duration(ms: u64) -> Duration {
-        Duration::from_millis(ms)
     }
 }
 

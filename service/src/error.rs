@@ -109,14 +109,14 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
-    /// Bounded label for `kws_streams_total{outcome}` and `kws_rejected_total{reason}`.
-    pub fn outcome(&self) -> &'static str {
+    /// The gRPC status code of this error: the one mapping (statuses and outcome labels follow it).
+    pub fn code(&self) -> Code {
         match self {
             ServiceError::InvalidConfig(_)
             | ServiceError::InvalidAudio(_)
             | ServiceError::Protocol(_)
             | ServiceError::BadMessage(_)
-            | ServiceError::UnknownModel { .. } => "invalid_argument",
+            | ServiceError::UnknownModel { .. } => Code::InvalidArgument,
             ServiceError::Overloaded { .. }
             | ServiceError::Saturated { .. }
             | ServiceError::AwaitingConfigEvicted { .. }
@@ -124,66 +124,94 @@ impl ServiceError {
             | ServiceError::Ramping { .. }
             | ServiceError::CpuFull { .. }
             | ServiceError::Burst { .. }
-            | ServiceError::SlowReader(_) => "resource_exhausted",
-            ServiceError::Draining => "unavailable",
+            | ServiceError::SlowReader(_) => Code::ResourceExhausted,
+            ServiceError::Draining => Code::Unavailable,
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
-                "deadline_exceeded"
+                Code::DeadlineExceeded
             }
-            ServiceError::NotFound(_) => "not_found",
-            ServiceError::Unauthenticated(_) => "unauthenticated",
-            ServiceError::Internal(_) => "internal",
+            ServiceError::NotFound(_) => Code::NotFound,
+            ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::Internal(_) => Code::Internal,
         }
     }
-}
 
-impl From<ServiceError> for Status {
-    fn from(e: ServiceError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ServiceError::InvalidConfig(_)
-            | ServiceError::InvalidAudio(_)
-            | ServiceError::Protocol(_)
-            | ServiceError::BadMessage(_)
-            | ServiceError::UnknownModel { .. } => Status::invalid_argument(msg),
+    /// How long a client should wait before retrying (gRFC A6 pushback), for refusals that a retry
+    /// may overcome.
+    fn retry_ms(&self) -> Option<u64> {
+        match self {
             ServiceError::Overloaded { retry_ms, .. }
             | ServiceError::Saturated { retry_ms, .. }
             | ServiceError::AwaitingConfigEvicted { retry_ms, .. }
             | ServiceError::QueueFull { retry_ms, .. }
             | ServiceError::Ramping { retry_ms, .. }
             | ServiceError::CpuFull { retry_ms, .. }
-            | ServiceError::Burst { retry_ms, .. } => {
-                let mut s = Status::resource_exhausted(msg);
-                // gRFC A6 retry pushback: clients with retry policies wait this long.
-                if let Ok(v) = retry_ms.to_string().parse() {
-                    s.metadata_mut().insert("grpc-retry-pushback-ms", v);
-                }
-                s
-            }
-            ServiceError::SlowReader(_) => Status::resource_exhausted(msg),
-            ServiceError::Draining => Status::unavailable(msg),
-            ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
-                Status::deadline_exceeded(msg)
-            }
-            ServiceError::NotFound(_) => Status::not_found(msg),
-            ServiceError::Unauthenticated(_) => Status::unauthenticated(msg),
-            ServiceError::Internal(_) => Status::internal(msg),
+            | ServiceError::Burst { retry_ms, .. } => Some(*retry_ms),
+            ServiceError::InvalidConfig(_)
+            | ServiceError::InvalidAudio(_)
+            | ServiceError::Protocol(_)
+            | ServiceError::BadMessage(_)
+            | ServiceError::UnknownModel { .. }
+            | ServiceError::SlowReader(_)
+            | ServiceError::Draining
+            | ServiceError::FirstMessageTimeout(_)
+            | ServiceError::Idle(_)
+            | ServiceError::Lifetime(_)
+            | ServiceError::NotFound(_)
+            | ServiceError::Unauthenticated(_)
+            | ServiceError::Internal(_) => None,
         }
+    }
+
+    /// Bounded label for `kws_streams_total{outcome}` and `kws_rejected_total{reason}`.
+    pub fn outcome(&self) -> &'static str {
+        outcome_of(self.code())
     }
 }
 
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        let mut s = Status::new(e.code(), e.to_string());
+        if let Some(retry_ms) = e.retry_ms()
+            && let Ok(v) = retry_ms.to_string().parse()
+        {
+            // gRFC A6 retry pushback: clients with retry policies wait this long.
+            s.metadata_mut().insert("grpc-retry-pushback-ms", v);
+        }
+        s
+    }
+}
+
+/// The status codes a stream can end with and their `outcome` labels; every other code counts as
+/// `internal`. The one list behind [`outcome_of`] and [`OUTCOMES`].
+const OUTCOME_CODES: [(Code, &str); 9] = [
+    (Code::Ok, "ok"),
+    (Code::Cancelled, "cancelled"),
+    (Code::InvalidArgument, "invalid_argument"),
+    (Code::ResourceExhausted, "resource_exhausted"),
+    (Code::DeadlineExceeded, "deadline_exceeded"),
+    (Code::Unavailable, "unavailable"),
+    (Code::Unauthenticated, "unauthenticated"),
+    (Code::NotFound, "not_found"),
+    (Code::Internal, "internal"),
+];
+
+/// Every `outcome` label value of `kws_streams_total`.
+pub const OUTCOMES: [&str; OUTCOME_CODES.len()] = {
+    let mut out = [""; OUTCOME_CODES.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = OUTCOME_CODES[i].1;
+        i += 1;
+    }
+    out
+};
+
 /// Outcome label of a status the stream ended with (client-side cancellations included).
 pub fn outcome_of(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "ok",
-        Code::Cancelled => "cancelled",
-        Code::InvalidArgument => "invalid_argument",
-        Code::ResourceExhausted => "resource_exhausted",
-        Code::Unavailable => "unavailable",
-        Code::DeadlineExceeded => "deadline_exceeded",
-        Code::Unauthenticated => "unauthenticated",
-        Code::NotFound => "not_found",
-        _ => "internal",
-    }
+    OUTCOME_CODES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map_or("internal", |(_, o)| *o)
 }
 
 #[cfg(test)]
@@ -211,5 +239,23 @@ mod tests {
             (s.code(), s.message()),
             (Code::InvalidArgument, "invalid audio: odd")
         );
+    }
+
+    #[test]
+    fn outcome_labels_follow_the_status_code() {
+        for e in [
+            ServiceError::Draining,
+            ServiceError::SlowReader(1),
+            ServiceError::Idle(1),
+            ServiceError::Protocol("x".into()),
+            ServiceError::Unauthenticated("x".into()),
+            ServiceError::NotFound("x".into()),
+            ServiceError::Internal("x".into()),
+        ] {
+            assert_eq!(e.outcome(), outcome_of(Status::from(e.clone()).code()), "{e:?}");
+            assert!(OUTCOMES.contains(&e.outcome()));
+        }
+        assert_eq!(outcome_of(Code::DataLoss), "internal");
+        assert_eq!(OUTCOMES.len(), 9);
     }
 }

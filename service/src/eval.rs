@@ -4,11 +4,10 @@
 //! module keeps a stream's labels and events and exports the counters when the stream ends (labels
 //! may arrive after the audio they describe). On a known-negative stream every event is a false alarm.
 
+use kws_models::WindowMeta;
 use kws_models::eval::{GridDecoder, Label, event_time, match_events};
-use kws_models::{Manifest, WindowMeta};
 use kws_proto::v1;
 
-use crate::session::Resolved;
 use crate::telemetry::names;
 
 /// Default of `evaluation.max_grid_events`: at most this many grid events (one per firing per grid
@@ -53,34 +52,6 @@ impl EvalSettings {
     }
 }
 
-/// Validate a label message against the model.
-pub fn label_from_proto(l: &v1::Label, m: &Manifest) -> Result<Label, String> {
-    let class = m.keyword_index(&l.keyword).ok_or_else(|| {
-        format!(
-            "label keyword {:?} is not one of {}",
-            l.keyword,
-            m.keywords.join(", ")
-        )
-    })?;
-    if l.end_ms < l.start_ms {
-        return Err(format!(
-            "label end_ms {} is before start_ms {}",
-            l.end_ms, l.start_ms
-        ));
-    }
-    if l.end_ms - l.start_ms > 10_000 {
-        return Err(format!(
-            "label spans {} ms; a keyword label must span at most 10000 ms",
-            l.end_ms - l.start_ms
-        ));
-    }
-    Ok(Label {
-        class,
-        start_ms: l.start_ms,
-        end_ms: l.end_ms,
-    })
-}
-
 /// Per-stream evaluation state.
 #[derive(Debug)]
 pub struct Evaluator {
@@ -99,19 +70,23 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    pub fn new(settings: &EvalSettings, m: &Manifest, r: &Resolved) -> Self {
+    /// A stream of a model whose keywords are `keyword_names`, with `keywords` enabled (class
+    /// indices, ascending) and the decoder's `refractory_ms`; `known_negative` streams count every
+    /// event as a false alarm.
+    pub fn new(
+        settings: &EvalSettings,
+        keyword_names: &[String],
+        keywords: &[usize],
+        refractory_ms: u32,
+        known_negative: bool,
+    ) -> Self {
         Self {
-            grid: GridDecoder::new(
-                &settings.grid,
-                &r.keywords,
-                r.stream.decoder.refractory_ms,
-                settings.max_grid_events,
-            ),
+            grid: GridDecoder::new(&settings.grid, keywords, refractory_ms, settings.max_grid_events),
             grid_labels: settings.grid_labels.clone(),
             tolerance_ms: settings.tolerance_ms,
-            keywords: r.keywords.clone(),
-            keyword_names: m.keywords.clone(),
-            known_negative: r.known_negative,
+            keywords: keywords.to_vec(),
+            keyword_names: keyword_names.to_vec(),
+            known_negative,
             labels: Vec::new(),
             own: Vec::new(),
             max_events: settings.max_grid_events,
@@ -220,7 +195,7 @@ impl Evaluator {
 
 #[cfg(test)]
 mod tests {
-    use kws_models::{PcmFormat, StreamConfig};
+    use kws_models::Manifest;
 
     use super::*;
 
@@ -228,17 +203,10 @@ mod tests {
     fn a_truncated_grid_evaluates_only_what_it_covers() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tc-resnet8");
         let m = Manifest::load(&dir).expect("manifest");
-        let r = Resolved {
-            stream: StreamConfig::from_manifest(&m, PcmFormat::native_s16()),
-            keywords: (0..m.keywords.len()).collect(),
-            proto: v1::ResolvedConfig::default(),
-            progress_ms: None,
-            trace: false,
-            known_negative: false,
-        };
+        let keywords: Vec<usize> = (0..m.keywords.len()).collect();
         // One grid event fills the grid: the stream is evaluated up to its first window.
         let settings = EvalSettings::new(500, vec![0.5]).with_max_grid_events(1);
-        let mut e = Evaluator::new(&settings, &m, &r);
+        let mut e = Evaluator::new(&settings, &m.keywords, &keywords, m.decoder.refractory_ms, false);
         let label = |start_ms, end_ms| Label {
             class: 0,
             start_ms,

@@ -9,11 +9,14 @@ use kws_proto::v1::{self, detect_request};
 use tonic::{Request, Response, Status};
 
 use crate::admission::Scope;
+use crate::batcher::WINDOW_BYTES;
 use crate::error::ServiceError;
 use crate::registry::Registry;
-use crate::session::{self, ResponseStream, SessionDeps, WINDOW_BYTES};
+use crate::response::ResponseStream;
+use crate::session::{self, SessionDeps};
 use crate::shutdown::Phase;
 use crate::telemetry::names;
+use crate::validation;
 
 /// Suggested wait before retrying a refused stream.
 const RETRY_AFTER_MS: u64 = 1000;
@@ -25,10 +28,19 @@ pub struct KwsService {
     pub deps: SessionDeps,
 }
 
-fn reject(e: ServiceError, counter: &'static str) -> Status {
-    match counter {
-        "rejected" => metrics::counter!(names::REJECTED, "reason" => e.outcome()).increment(1),
-        _ => metrics::counter!(names::STREAMS, "outcome" => e.outcome()).increment(1),
+/// Where a refused stream is counted.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    /// `kws_rejected_total{reason}`: refused by admission or load shedding, before any work.
+    Rejected,
+    /// `kws_streams_total{outcome}`: the stream itself was at fault (bad first message, timeout).
+    Streams,
+}
+
+fn reject(e: ServiceError, counted: Counted) -> Status {
+    match counted {
+        Counted::Rejected => metrics::counter!(names::REJECTED, "reason" => e.outcome()).increment(1),
+        Counted::Streams => metrics::counter!(names::STREAMS, "outcome" => e.outcome()).increment(1),
     }
     tracing::info!(error = %e, "stream refused");
     e.into()
@@ -44,19 +56,19 @@ impl KeywordSpotting for KwsService {
     ) -> Result<Response<Self::DetectStream>, Status> {
         let opened = Instant::now();
         if *self.deps.phase.borrow() != Phase::Running {
-            return Err(reject(ServiceError::Draining, "rejected"));
+            return Err(reject(ServiceError::Draining, Counted::Rejected));
         }
         // Stage 1 (see `admission`): a place among the streams awaiting their config, not a slot.
         let mut awaiting = self.deps.awaiting.enter(request.remote_addr());
         let mut inbound = request.into_inner();
-        let wait = Duration::from_millis(self.deps.server.first_message_timeout_ms);
+        let wait = self.deps.server.first_message_timeout();
         let mut phase = self.deps.phase.clone();
         let first = tokio::select! {
             m = inbound.message() => m,
             _ = tokio::time::sleep(wait) => {
                 return Err(reject(
                     ServiceError::FirstMessageTimeout(wait.as_millis() as u64),
-                    "streams",
+                    Counted::Streams,
                 ));
             }
             scope = &mut awaiting.evicted => {
@@ -73,17 +85,17 @@ impl KeywordSpotting for KwsService {
                         retry_ms: RETRY_AFTER_MS,
                     },
                 };
-                return Err(reject(e, "rejected"));
+                return Err(reject(e, Counted::Rejected));
             }
             _ = phase.wait_for(|p| *p != Phase::Running) => {
-                return Err(reject(ServiceError::Draining, "rejected"));
+                return Err(reject(ServiceError::Draining, Counted::Rejected));
             }
         };
         drop(awaiting);
         let first = match first {
             Err(status) => {
-                if let Some(e) = session::inbound_error(&status, self.deps.server.max_chunk_bytes) {
-                    return Err(reject(e, "streams"));
+                if let Some(e) = validation::inbound_error(&status, self.deps.server.max_chunk_bytes) {
+                    return Err(reject(e, Counted::Streams));
                 }
                 metrics::counter!(names::STREAMS, "outcome" => "cancelled").increment(1);
                 return Err(status);
@@ -97,7 +109,7 @@ impl KeywordSpotting for KwsService {
                     ServiceError::Protocol(
                         "audio before config: the first message must be a StreamConfig".into(),
                     ),
-                    "streams",
+                    Counted::Streams,
                 ));
             }
             Some(detect_request::Request::Label(_)) => {
@@ -105,7 +117,7 @@ impl KeywordSpotting for KwsService {
                     ServiceError::Protocol(
                         "label before config: the first message must be a StreamConfig".into(),
                     ),
-                    "streams",
+                    Counted::Streams,
                 ));
             }
             None => {
@@ -113,7 +125,7 @@ impl KeywordSpotting for KwsService {
                     ServiceError::Protocol(
                         "no config: the first message must be a DetectRequest with `config` set".into(),
                     ),
-                    "streams",
+                    Counted::Streams,
                 ));
             }
         };
@@ -123,11 +135,11 @@ impl KeywordSpotting for KwsService {
                     requested: config.model.clone(),
                     served: self.registry.names(),
                 },
-                "streams",
+                Counted::Streams,
             )
         })?;
-        let resolved =
-            session::resolve(&config, model, &self.deps.server).map_err(|e| reject(e, "streams"))?;
+        let valid = validation::validate(&config, &model.manifest, &self.deps.server)
+            .map_err(|e| reject(e.into(), Counted::Streams))?;
         // Load shedding: when this model's scoring queue already waits too long, one more stream
         // would make every admitted stream later; refuse it instead.
         let limit_ms = self.deps.server.shed_queue_wait_ms;
@@ -141,7 +153,7 @@ impl KeywordSpotting for KwsService {
                     limit_ms,
                     retry_ms: RETRY_AFTER_MS,
                 },
-                "rejected",
+                Counted::Rejected,
             ));
         }
         // Near saturation (the wait above a quarter of the limit), admit only a few streams whose
@@ -157,7 +169,7 @@ impl KeywordSpotting for KwsService {
                     warming,
                     retry_ms: RETRY_AFTER_MS,
                 },
-                "rejected",
+                Counted::Rejected,
             ));
         }
         // The same when the windows queued by all streams fill 90 % of `max_queued_bytes` (the
@@ -172,7 +184,7 @@ impl KeywordSpotting for KwsService {
                     limit_mib: self.deps.server.max_queued_bytes >> 20,
                     retry_ms: RETRY_AFTER_MS,
                 },
-                "rejected",
+                Counted::Rejected,
             ));
         }
         // The same by measured CPU: would the admitted streams plus this one need more than the
@@ -183,7 +195,7 @@ impl KeywordSpotting for KwsService {
         {
             return Err(reject(
                 crate::admission::refusal_error(refusal, RETRY_AFTER_MS),
-                "rejected",
+                Counted::Rejected,
             ));
         }
         // Stage 2: a configured stream takes one of the `max_streams` slots.
@@ -194,21 +206,14 @@ impl KeywordSpotting for KwsService {
                     max,
                     retry_ms: RETRY_AFTER_MS,
                 },
-                "rejected",
+                Counted::Rejected,
             )
         })?;
         if *self.deps.phase.borrow() != Phase::Running {
-            return Err(reject(ServiceError::Draining, "rejected"));
+            return Err(reject(ServiceError::Draining, Counted::Rejected));
         }
-        let stream = session::start(
-            inbound,
-            model.clone(),
-            resolved,
-            self.deps.clone(),
-            permit,
-            opened,
-        )
-        .map_err(|e| reject(e, "streams"))?;
+        let stream = session::start(inbound, model.clone(), valid, self.deps.clone(), permit, opened)
+            .map_err(|e| reject(e, Counted::Streams))?;
         Ok(Response::new(stream))
     }
 

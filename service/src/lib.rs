@@ -11,8 +11,11 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: TOML + env + CLI configuration, validated (exit 64).
-//! - [`grpc`]: handlers; [`session`]: the per-stream task; [`batcher`]: dynamic batching.
+//! - [`config`]: TOML + env + CLI configuration, validated (exit 64), with `Duration` accessors.
+//! - [`grpc`]: handlers; [`validation`]: every client message checked (`StreamConfig` →
+//!   `ValidStream`, labels, chunks); [`session`]: the per-stream task (its event loop, scoring in
+//!   order, the summary); [`response`]: the response stream (slow readers, summary delivery);
+//!   [`batcher`]: dynamic batching (`max_batch` windows at most per call).
 //! - [`registry`]: served models; [`eval`]: live evaluation on labelled streams; [`feedback`]: event ids.
 //! - [`telemetry`]: metric names and logging; [`shutdown`]: drain; [`server`]: wiring it together.
 //! - [`auth`]: bearer tokens (interceptor, reload); [`tls`]: TLS and mTLS settings.
@@ -36,8 +39,10 @@ pub mod grpc;
 pub mod guard;
 pub mod memory;
 pub mod registry;
+pub mod response;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod validation;

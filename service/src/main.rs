@@ -7,34 +7,28 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kws_service::config::{Cli, Config};
+use kws_service::config::{Cli, Config, EX_USAGE};
 use kws_service::registry::Registry;
-use kws_service::{server, shutdown, telemetry};
+use kws_service::server::{self, Security};
+use kws_service::{shutdown, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli) {
-        Ok(c) => c,
+    // Certificates, keys and tokens are part of the configuration: unreadable ones exit 64 too.
+    // They are read here, once, and handed to the server.
+    let loaded = Config::load(&cli).and_then(|c| Ok((Security::load(&c)?, c)));
+    let (security, config) = match loaded {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("kws-service: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EX_USAGE);
         }
     };
-    // Certificates, keys and tokens are part of the configuration: unreadable ones exit 64 too.
-    let security = kws_service::tls::check(
-        &config.tls,
-        std::time::Duration::from_millis(config.server.tls_handshake_timeout_ms),
-    )
-    .and_then(|()| kws_service::auth::Auth::from_config(&config.auth).map(|_| ()));
-    if let Err(e) = security {
-        eprintln!("kws-service: {e}");
-        return ExitCode::from(64);
-    }
     if cli.check {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    telemetry::init_tracing(&config.log);
+    telemetry::init_tracing(config.log.format, &config.log.filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("kws-io")
@@ -46,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, security)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "kws-service failed");
@@ -56,13 +50,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, security: Security) -> anyhow::Result<()> {
     telemetry::install_metrics(config.server.metrics_listen)?;
     let (registry, workers) = Registry::load(&config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-    server::serve(config, registry, listener, shutdown::signal()).await?;
+    server::serve_with(config, security, registry, listener, shutdown::signal()).await?;
     // The registry (and with it every batcher handle) is gone: workers finish their queue and exit.
     for w in workers {
         let _ = w.join();

@@ -62,5 +62,5 @@ pub fn spawn_trimmer(interval: Duration) -> std::io::Result<Trimmer> {
 }
 
 fn rss() -> Option<u64> {
-    crate::telemetry::read_proc_self(100.0).map(|(_, rss)| rss as u64)
+    crate::telemetry::read_proc_self().map(|(_, rss)| rss as u64)
 }

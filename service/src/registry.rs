@@ -4,9 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use kws_models::decoder::MS_PER_FRAME;
+use kws_models::frontend::MS_PER_FRAME;
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
 use kws_proto::v1;
@@ -23,13 +22,6 @@ pub struct ServedModel {
     pub manifest: Manifest,
     pub batcher: Batcher,
     pub info: v1::ModelInfo,
-}
-
-impl ServedModel {
-    /// Label value for metrics: the served name (bounded: one per configured model).
-    pub fn label(&self) -> &str {
-        &self.name
-    }
 }
 
 /// All served models and the default.
@@ -50,6 +42,10 @@ pub struct LoadError {
 impl Registry {
     /// Load every `models.serve` entry: manifest, sha256, ONNX Runtime sessions, and workers.
     pub fn load(config: &Config) -> Result<(Self, Vec<JoinHandle<()>>), LoadError> {
+        // Which entry is the default is known from the names alone, so each model's info is
+        // complete before it is shared.
+        let served: std::collections::BTreeSet<&String> = config.models.serve.iter().collect();
+        let default = resolve_default(&config.models.default, served.iter().copied());
         let mut models = BTreeMap::new();
         let mut handles = Vec::new();
         for spec in &config.models.serve {
@@ -68,9 +64,8 @@ impl Registry {
                 library: config.models.ort_library.clone(),
             };
             let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
-            // The largest batch a worker can form: it adds jobs (each at most max_batch windows)
-            // while it holds fewer than max_batch windows.
-            let largest = 2 * config.batcher.max_batch - 1;
+            // The largest batch a worker forms (`max_batch` is a cap, see `batcher`).
+            let largest = config.batcher.max_batch;
             for _ in 0..config.batcher.workers {
                 let mut s =
                     OnnxScorer::new(&manifest, &variant, &options).map_err(|e| fail(e.to_string()))?;
@@ -84,12 +79,13 @@ impl Registry {
             }
             let settings = BatcherSettings {
                 max_batch: config.batcher.max_batch,
-                max_delay: Duration::from_micros(config.batcher.max_delay_us),
+                max_delay: config.batcher.max_delay(),
                 queue_capacity: config.batcher.queue_capacity,
             };
             let (batcher, h) = Batcher::start(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
             handles.extend(h);
-            let info = model_info(spec, &variant, &manifest);
+            let mut info = model_info(spec, &variant, &manifest);
+            info.is_default = Some(spec) == default.as_ref();
             metrics::gauge!(names::MODEL_LOADED, "model" => spec.clone(), "variant" => variant.clone(),
                 "version" => manifest.version.clone())
             .set(1.0);
@@ -106,37 +102,14 @@ impl Registry {
                 }),
             );
         }
-        let default = resolve_default(&config.models.default, &models).ok_or_else(|| LoadError {
+        let default = default.ok_or_else(|| LoadError {
             spec: config.models.default.clone(),
             reason: format!(
                 "the default model is not served (served: {})",
                 models.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         })?;
-        let mut r = Self { models, default };
-        r.mark_default();
-        Ok((r, handles))
-    }
-
-    /// A registry of already-built models (tests).
-    pub fn from_models(models: Vec<ServedModel>, default: &str) -> Option<Self> {
-        let models: BTreeMap<_, _> = models
-            .into_iter()
-            .map(|m| (m.name.clone(), Arc::new(m)))
-            .collect();
-        let default = resolve_default(default, &models)?;
-        let mut r = Self { models, default };
-        r.mark_default();
-        Some(r)
-    }
-
-    fn mark_default(&mut self) {
-        let default = self.default.clone();
-        for (name, m) in self.models.iter_mut() {
-            if let Some(m) = Arc::get_mut(m) {
-                m.info.is_default = *name == default;
-            }
-        }
+        Ok((Self { models, default }, handles))
     }
 
     /// The model a stream asked for: empty = default; `name:variant`, or a bare name when exactly one
@@ -145,7 +118,7 @@ impl Registry {
         if requested.is_empty() {
             return self.models.get(&self.default);
         }
-        resolve_default(requested, &self.models).and_then(|k| self.models.get(&k))
+        resolve_default(requested, self.models.keys()).and_then(|k| self.models.get(&k))
     }
 
     pub fn default_name(&self) -> &str {
@@ -162,11 +135,12 @@ impl Registry {
     }
 }
 
-fn resolve_default(requested: &str, models: &BTreeMap<String, Arc<ServedModel>>) -> Option<String> {
-    if models.contains_key(requested) {
+/// The served name `requested` stands for: itself, or the one served `name:variant` of a bare name.
+fn resolve_default<'a>(requested: &str, served: impl Iterator<Item = &'a String> + Clone) -> Option<String> {
+    if served.clone().any(|k| k == requested) {
         return Some(requested.to_string());
     }
-    let mut matching = models.keys().filter(|k| k.split(':').next() == Some(requested));
+    let mut matching = served.filter(|k| k.split(':').next() == Some(requested));
     match (matching.next(), matching.next()) {
         (Some(k), None) => Some(k.clone()),
         _ => None,

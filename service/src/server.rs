@@ -15,20 +15,51 @@ use tonic_health::ServingStatus;
 
 use crate::admission::{AwaitingBudget, CpuMeter};
 use crate::auth::{self, Auth, AuthInterceptor};
-
-use crate::config::Config;
+use crate::batcher::WINDOW_BYTES;
+use crate::config::{Config, ConfigError};
 use crate::eval::EvalSettings;
 use crate::feedback::EventStore;
 use crate::grpc::KwsService;
 use crate::guard::GrpcGuardLayer;
 use crate::registry::Registry;
-use crate::session::{SessionDeps, WINDOW_BYTES};
+use crate::session::SessionDeps;
 use crate::shutdown::{Phase, drain};
 use crate::telemetry::names;
 
+/// TLS settings and bearer tokens, read and checked once (unreadable or unusable files are
+/// configuration errors: exit 64 before anything starts).
+#[derive(Debug, Clone)]
+pub struct Security {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: Option<Arc<Auth>>,
+}
+
+impl Security {
+    pub fn load(config: &Config) -> Result<Self, ConfigError> {
+        Ok(Self {
+            tls: crate::tls::load(&config.tls, config.server.tls_handshake_timeout())?,
+            auth: Auth::from_config(&config.auth)?,
+        })
+    }
+}
+
 /// Serve on `listener` until `shutdown` resolves, then drain (see [`crate::shutdown`]) and return.
+/// Reads the TLS files and tokens itself; see [`serve_with`].
 pub async fn serve(
     config: Config,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let security = Security::load(&config)?;
+    serve_with(config, security, registry, listener, shutdown).await
+}
+
+/// [`serve`] with the TLS settings and tokens already loaded (the binary loads them once, with the
+/// rest of the configuration).
+pub async fn serve_with(
+    config: Config,
+    security: Security,
     registry: Registry,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -41,16 +72,16 @@ pub async fn serve(
     let queued = Arc::new(Semaphore::new(queued_windows));
     metrics::gauge!(names::MAX_QUEUED_BYTES).set((queued_windows * WINDOW_BYTES) as f64);
     let sampler = tokio::spawn(sample_queued(queued.clone(), queued_windows));
-    let _trimmer = match config.server.memory_trim_interval_ms {
-        0 => None,
-        ms => Some(crate::memory::spawn_trimmer(Duration::from_millis(ms))?),
+    let _trimmer = match config.server.memory_trim_interval() {
+        None => None,
+        Some(every) => Some(crate::memory::spawn_trimmer(every)?),
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let deps = SessionDeps {
         server: Arc::new(config.server.clone()),
         phase: phase_rx,
         events: Arc::new(EventStore::new(
-            Duration::from_millis(config.server.event_retention_ms),
+            config.server.event_retention(),
             config.server.event_retention_max,
         )),
         evaluation: Arc::new(
@@ -116,20 +147,11 @@ pub async fn serve(
         .max_decoding_message_size(config.server.max_chunk_bytes + 4096)
         .max_encoding_message_size(4 << 20);
     // Only the kws service needs a token: health and reflection stay open for probes.
-    let auth = Auth::from_config(&config.auth)?;
+    let Security { tls, auth } = security;
     let kws = InterceptedService::new(kws, AuthInterceptor::new(auth.clone()));
-    let watcher = auth.map(|a| {
-        tokio::spawn(auth::watch(
-            a,
-            Duration::from_millis(config.auth.watch_interval_ms),
-        ))
-    });
-    let tls = crate::tls::server_config(
-        &config.tls,
-        Duration::from_millis(config.server.tls_handshake_timeout_ms),
-    )?;
+    let watcher = auth.map(|a| tokio::spawn(auth::watch(a, config.auth.watch_interval())));
 
-    let grace = Duration::from_millis(config.server.drain_grace_ms);
+    let grace = config.server.drain_grace();
     let on_shutdown = async move {
         shutdown.await;
         let not_serving = async {
@@ -164,12 +186,12 @@ pub async fn serve(
         }
         None => None,
     };
-    if config.server.max_connection_age_ms > 0 {
+    if let Some(age) = config.server.max_connection_age() {
         // Clients reconnect periodically, so client-side balancing sees new pods; streams on an old
         // connection may run to their lifetime limit before it closes.
         builder = builder
-            .max_connection_age(Duration::from_millis(config.server.max_connection_age_ms))
-            .max_connection_age_grace(Duration::from_millis(config.server.max_stream_lifetime_ms));
+            .max_connection_age(age)
+            .max_connection_age_grace(config.server.max_stream_lifetime());
     }
     let served = builder
         .layer(GrpcGuardLayer)

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-
-use crate::config::{LogConfig, LogFormat};
+use serde::Deserialize;
 
 pub mod names {
     /// Gauge: Detect streams in progress.
@@ -103,18 +102,8 @@ pub mod names {
     pub const RUNTIME_INFO: &str = "kws_runtime_info";
 }
 
-/// Every `outcome` label value of `kws_streams_total`.
-pub const OUTCOMES: &[&str] = &[
-    "ok",
-    "cancelled",
-    "invalid_argument",
-    "resource_exhausted",
-    "deadline_exceeded",
-    "unavailable",
-    "unauthenticated",
-    "not_found",
-    "internal",
-];
+/// Every `outcome` label value of `kws_streams_total` (derived from the status-code mapping).
+pub use crate::error::OUTCOMES;
 /// Every `reason` label value of `kws_rejected_total`.
 pub const REJECT_REASONS: &[&str] = &["resource_exhausted", "unavailable", "unauthenticated"];
 /// Every `verdict` label value of `kws_feedback_total`.
@@ -165,7 +154,7 @@ pub fn register_model(model: &str, keywords: &[String], thresholds: &[f32], grid
 /// Create the server-wide bounded series at zero (see [`register_model`]).
 pub fn register_server() {
     for o in OUTCOMES {
-        metrics::counter!(names::STREAMS, "outcome" => *o).increment(0);
+        metrics::counter!(names::STREAMS, "outcome" => o).increment(0);
     }
     for r in REJECT_REASONS {
         metrics::counter!(names::REJECTED, "reason" => *r).increment(0);
@@ -318,11 +307,10 @@ pub fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
 
 /// Sample /proc/self every second into the process_* metrics.
 async fn process_metrics() {
-    let ticks = 100.0; // USER_HZ on Linux
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         interval.tick().await;
-        if let Some((cpu, rss)) = read_proc_self(ticks) {
+        if let Some((cpu, rss)) = read_proc_self() {
             metrics::gauge!(names::PROCESS_CPU).set(cpu);
             metrics::gauge!(names::PROCESS_RSS).set(rss);
         }
@@ -332,8 +320,31 @@ async fn process_metrics() {
     }
 }
 
+/// A `sysconf` value (the kernel's, not an assumption: USER_HZ is not 100 everywhere, and arm64
+/// kernels run with 4, 16 or 64 KiB pages).
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn sysconf(name: libc::c_int) -> Option<f64> {
+    // SAFETY: sysconf reads a system constant; it takes no pointer and touches no memory of ours.
+    let v = unsafe { libc::sysconf(name) };
+    (v > 0).then_some(v as f64)
+}
+
+/// Clock ticks per second of /proc's CPU times (`_SC_CLK_TCK`) and bytes per page (`_SC_PAGESIZE`).
+#[cfg(unix)]
+fn proc_units() -> Option<(f64, f64)> {
+    static UNITS: std::sync::OnceLock<Option<(f64, f64)>> = std::sync::OnceLock::new();
+    *UNITS.get_or_init(|| Some((sysconf(libc::_SC_CLK_TCK)?, sysconf(libc::_SC_PAGESIZE)?)))
+}
+
+#[cfg(not(unix))]
+fn proc_units() -> Option<(f64, f64)> {
+    None
+}
+
 /// (cpu seconds, rss bytes) of this process, from /proc/self/stat and /proc/self/statm.
-pub fn read_proc_self(ticks_per_s: f64) -> Option<(f64, f64)> {
+pub fn read_proc_self() -> Option<(f64, f64)> {
+    let (ticks_per_s, page_bytes) = proc_units()?;
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -342,19 +353,28 @@ pub fn read_proc_self(ticks_per_s: f64) -> Option<(f64, f64)> {
     let stime: f64 = f.get(12)?.parse().ok()?;
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(((utime + stime) / ticks_per_s, pages * 4096.0))
+    Some(((utime + stime) / ticks_per_s, pages * page_bytes))
 }
 
-/// Initialise tracing: text or JSON lines on stderr, filter from `RUST_LOG` or the config.
-pub fn init_tracing(cfg: &LogConfig) {
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Initialise tracing: text or JSON lines on stderr, `filter` (`EnvFilter` directives) unless
+/// `RUST_LOG` is set.
+pub fn init_tracing(format: LogFormat, filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.filter));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     // Colour only on a terminal: files and pipes get plain text that `grep ' ERROR '` finds.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let _ = match cfg.format {
+    let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };

@@ -28,7 +28,7 @@ fn read_pem(setting: &str, path: &Path, what: &str) -> Result<Vec<u8>, ConfigErr
 
 /// The server's TLS settings, or `None` when TLS is off. Fails with a message naming the setting if
 /// a file cannot be read or is not PEM.
-pub fn server_config(
+fn server_config(
     cfg: &TlsConfig,
     handshake_timeout: Duration,
 ) -> Result<Option<ServerTlsConfig>, ConfigError> {
@@ -47,18 +47,22 @@ pub fn server_config(
     Ok(Some(tls))
 }
 
-/// Load the files and build the TLS acceptor once, so that a bad certificate or key is reported at
-/// start-up as a configuration error (exit 64) rather than when serving.
-pub fn check(cfg: &TlsConfig, handshake_timeout: Duration) -> Result<(), ConfigError> {
-    if let Some(tls) = server_config(cfg, handshake_timeout)? {
-        tonic::transport::Server::builder().tls_config(tls).map_err(|e| {
+/// Read the files once and check that they build a TLS acceptor, so that a bad certificate or key
+/// is reported at start-up as a configuration error (exit 64) rather than when serving. `None` when
+/// TLS is off.
+pub fn load(cfg: &TlsConfig, handshake_timeout: Duration) -> Result<Option<ServerTlsConfig>, ConfigError> {
+    let Some(tls) = server_config(cfg, handshake_timeout)? else {
+        return Ok(None);
+    };
+    tonic::transport::Server::builder()
+        .tls_config(tls.clone())
+        .map_err(|e| {
             ConfigError(format!(
                 "tls.cert / tls.key / tls.client_ca cannot be used: {}",
                 error_chain(&e)
             ))
         })?;
-    }
-    Ok(())
+    Ok(Some(tls))
 }
 
 /// An error and its sources, `: `-separated.

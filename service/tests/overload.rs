@@ -357,7 +357,7 @@ async fn futures_join_all<F: std::future::Future>(fs: impl IntoIterator<Item = F
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tight_queue_limits_hold_large_chunks_back_and_lose_nothing() {
-    use kws_service::session::WINDOW_BYTES;
+    use kws_service::batcher::WINDOW_BYTES;
     let mut c = test_config();
     // Four windows per stream, eight in the whole process: far below what the chunks below carry
     // (8 s = 400 windows each), so every stream waits on both limits again and again.

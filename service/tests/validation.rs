@@ -11,9 +11,8 @@ use kws_proto::v1;
 use kws_service::batcher::{Batcher, BatcherSettings};
 use kws_service::config::ServerConfig;
 use kws_service::error::ServiceError;
-use kws_service::eval::label_from_proto;
 use kws_service::registry::{ServedModel, model_info};
-use kws_service::session::{check_chunk, resolve};
+use kws_service::validation::{check_chunk, label_from_proto, validate};
 use proptest::prelude::*;
 
 static MODEL: LazyLock<ServedModel> = LazyLock::new(|| {
@@ -111,7 +110,7 @@ fn stream_config() -> impl Strategy<Value = v1::StreamConfig> {
         )
 }
 
-/// The documented rules of StreamConfig (kws.proto), written independently of `resolve`.
+/// The documented rules of StreamConfig (kws.proto), written independently of `validate`.
 fn documented_ok(c: &v1::StreamConfig) -> bool {
     let known = |k: &String| KEYWORDS.contains(&k.as_str());
     (1..=2).contains(&c.encoding)
@@ -132,7 +131,7 @@ proptest! {
 
     #[test]
     fn stream_config_validation_matches_the_api(c in stream_config()) {
-        let r = resolve(&c, &MODEL, &ServerConfig::default());
+        let r = validate(&c, &MODEL.manifest, &ServerConfig::default()).map_err(ServiceError::from);
         prop_assert_eq!(r.is_ok(), documented_ok(&c), "{:?}: {:?}", c, r.as_ref().err());
         match r {
             Ok(r) => {
@@ -191,15 +190,17 @@ fn status_messages_name_the_problem() {
         ..Default::default()
     };
     let thresholds: HashMap<String, f32> = [("stop".to_string(), 2.0)].into();
-    let e = resolve(
-        &v1::StreamConfig {
-            thresholds,
-            ..base.clone()
-        },
-        &MODEL,
-        &ServerConfig::default(),
-    )
-    .unwrap_err();
+    let e = ServiceError::from(
+        validate(
+            &v1::StreamConfig {
+                thresholds,
+                ..base.clone()
+            },
+            &MODEL.manifest,
+            &ServerConfig::default(),
+        )
+        .unwrap_err(),
+    );
     assert_eq!(
         e.to_string(),
         "invalid config: threshold 2 for \"stop\" is outside [0, 1]"

@@ -1,8 +1,8 @@
 //! Fuzz the server's handling of a Detect stream up to the model: the input is a sequence of
 //! length-delimited `DetectRequest`s (what a client sends), decoded with prost like tonic does, then
-//! validated and run through the same functions the session uses: `session::resolve` (config),
-//! `session::check_chunk` + `Spotter::push_pcm` (audio: PCM decoding, resampling, MFCC, windowing),
-//! `eval::label_from_proto` / `Evaluator` (labels), the decoder with synthetic posteriors, and
+//! validated and run through the same functions the session uses: `validation::validate` (config),
+//! `validation::check_chunk` + `Spotter::push_pcm` (audio: PCM decoding, resampling, MFCC, windowing),
+//! `validation::label_from_proto` / `Evaluator` (labels), the decoder with synthetic posteriors, and
 //! `Spotter::finish`.
 //!
 //! Checked besides "no panic": a chunk that passed validation is always accepted by the pipeline;
@@ -16,9 +16,9 @@ use kws_models::{Manifest, Spotter, WindowBatch};
 use kws_proto::v1::{self, detect_request};
 use kws_service::batcher::{Batcher, BatcherSettings};
 use kws_service::config::ServerConfig;
-use kws_service::eval::{EvalSettings, Evaluator, label_from_proto};
+use kws_service::eval::{EvalSettings, Evaluator};
 use kws_service::registry::{ServedModel, model_info};
-use kws_service::session::{check_chunk, resolve};
+use kws_service::validation::{check_chunk, label_from_proto, validate};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 
@@ -91,14 +91,20 @@ fuzz_target!(|data: &[u8]| {
         };
         match (req.request, stream.as_mut()) {
             (Some(detect_request::Request::Config(c)), None) => {
-                let Ok(r) = resolve(&c, model, &SERVER) else {
+                let Ok(r) = validate(&c, &model.manifest, &SERVER) else {
                     return;
                 };
                 let Ok(spotter) = Spotter::new(r.stream.clone(), model.manifest.num_classes()) else {
                     return;
                 };
                 stream = Some(Stream {
-                    evaluator: Evaluator::new(&EVAL, &model.manifest, &r),
+                    evaluator: Evaluator::new(
+                        &EVAL,
+                        &model.manifest.keywords,
+                        &r.keywords,
+                        r.stream.decoder.refractory_ms,
+                        r.known_negative,
+                    ),
                     spotter,
                     batch: WindowBatch::new(),
                     next_seq: 0,
