@@ -27,6 +27,9 @@ async fn server(max_streams: usize) -> (String, tokio::sync::oneshot::Sender<()>
     c.server.metrics_listen = ([127, 0, 0, 1], 0).into();
     c.server.max_streams = max_streams;
     c.server.drain_grace_ms = 1_000;
+    // In-process server: the CPU it measures includes the load generator's (calibration sends
+    // unpaced), so shedding by CPU would measure the test, not the server.
+    c.server.shed_cpu_utilisation = 0.0;
     c.models.dir = repo().join("models");
     c.models.serve = vec!["tc-resnet8:int8".into()];
     c.models.default = "tc-resnet8:int8".into();

@@ -92,6 +92,16 @@ pub struct ServerConfig {
     /// wait exceeds a quarter of this, when max(4, active/16) admitted streams have not had their
     /// first window scored yet (a burst would overshoot the capacity). 0 = all three off.
     pub shed_queue_wait_ms: u64,
+    /// Load shedding by measured CPU: a new stream is refused when the admitted streams plus it
+    /// would need more than this share of `cpu_limit_cores`, at the cost of a stream the process
+    /// measures over the last 2 s (per scoring stream and per audio-second); and at most
+    /// max(16, streams scoring) admitted streams may not have scored yet (`admission::CpuMeter`).
+    /// 0 = off; also off with `shed_queue_wait_ms = 0`.
+    pub shed_cpu_utilisation: f64,
+    /// CPU the pod may use, in cores, for `shed_cpu_utilisation`; 0 = detect: the cgroup's CPU quota
+    /// (a pod's `limits.cpu`), else the CPUs the process may run on. Set it to the pod's CPU request
+    /// when the pod has no CPU limit.
+    pub cpu_limit_cores: f64,
     /// TLS handshakes that take longer are dropped (slow or stuck clients hold no resources).
     pub tls_handshake_timeout_ms: u64,
     /// How long event ids stay resolvable by SubmitFeedback.
@@ -126,6 +136,8 @@ impl Default for ServerConfig {
             health_listen: None,
             max_connection_age_ms: 30 * 60 * 1000,
             shed_queue_wait_ms: 100,
+            shed_cpu_utilisation: 0.8,
+            cpu_limit_cores: 0.0,
             tls_handshake_timeout_ms: 10_000,
             event_retention_ms: 24 * 3600 * 1000,
             event_retention_max: 200_000,
@@ -505,6 +517,14 @@ impl Config {
         if s.max_chunk_bytes > 64 << 20 {
             return Err(bad("server.max_chunk_bytes must be <= 64 MiB"));
         }
+        if !(0.0..=1.0).contains(&s.shed_cpu_utilisation) {
+            return Err(bad("server.shed_cpu_utilisation must be in [0, 1] (0 = off)"));
+        }
+        if !(0.0..=4096.0).contains(&s.cpu_limit_cores) {
+            return Err(bad(
+                "server.cpu_limit_cores must be in [0, 4096] cores (0 = detect from the cgroup quota)",
+            ));
+        }
         if self.batcher.max_batch > 4096 {
             return Err(bad("batcher.max_batch must be <= 4096"));
         }
@@ -590,6 +610,28 @@ mod tests {
         });
         assert_eq!(c.server.max_streams, 9);
         assert_eq!(c.models.serve, vec!["m:fp32".to_string()]);
+    }
+
+    #[test]
+    fn cpu_shedding_settings_are_checked() {
+        let c: Config =
+            toml::from_str("[server]\nshed_cpu_utilisation = 0.9\ncpu_limit_cores = 0.5\n").expect("parse");
+        assert_eq!(
+            (c.server.shed_cpu_utilisation, c.server.cpu_limit_cores),
+            (0.9, 0.5)
+        );
+        c.validate().expect("valid");
+        for (u, l, name) in [
+            (1.5, 0.0, "server.shed_cpu_utilisation"),
+            (f64::NAN, 0.0, "server.shed_cpu_utilisation"),
+            (0.8, -1.0, "server.cpu_limit_cores"),
+        ] {
+            let mut c = Config::default();
+            c.server.shed_cpu_utilisation = u;
+            c.server.cpu_limit_cores = l;
+            let e = c.validate().expect_err(name).to_string();
+            assert!(e.contains(name), "{e}");
+        }
     }
 
     #[test]

@@ -53,6 +53,30 @@ pub enum ServiceError {
         limit_mib: usize,
         retry_ms: u64,
     },
+    /// Load shedding by measured CPU: the admitted streams plus one more would need more CPU than
+    /// the pod may use (`admission::CpuMeter`).
+    #[error(
+        "server at its CPU limit: {scoring} scoring streams use {used_cores:.2} cores ({cpu_per_audio_s:.4} CPU-s per audio-s); one more stream would need {needed_cores:.2} of the {allowed_cores:.2} cores allowed ({limit_cores:.2}-core limit); retry after {retry_ms} ms"
+    )]
+    CpuFull {
+        scoring: usize,
+        used_cores: f64,
+        cpu_per_audio_s: f64,
+        needed_cores: f64,
+        allowed_cores: f64,
+        limit_cores: f64,
+        retry_ms: u64,
+    },
+    /// Load shedding: too many admitted streams have not started scoring, so their CPU cost is not
+    /// measured yet (`admission::CpuMeter`).
+    #[error(
+        "server warming up streams: {warming} streams admitted in the last seconds have not started scoring yet (at most {allowed} at once: the streams scoring, or 16); retry after {retry_ms} ms"
+    )]
+    Burst {
+        warming: usize,
+        allowed: usize,
+        retry_ms: u64,
+    },
     /// The client does not read its responses.
     #[error("client read no response for {0} ms while its response buffer was full; stream ended")]
     SlowReader(u64),
@@ -98,6 +122,8 @@ impl ServiceError {
             | ServiceError::AwaitingConfigEvicted { .. }
             | ServiceError::QueueFull { .. }
             | ServiceError::Ramping { .. }
+            | ServiceError::CpuFull { .. }
+            | ServiceError::Burst { .. }
             | ServiceError::SlowReader(_) => Code::ResourceExhausted,
             ServiceError::Draining => Code::Unavailable,
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
@@ -117,7 +143,9 @@ impl ServiceError {
             | ServiceError::Saturated { retry_ms, .. }
             | ServiceError::AwaitingConfigEvicted { retry_ms, .. }
             | ServiceError::QueueFull { retry_ms, .. }
-            | ServiceError::Ramping { retry_ms, .. } => Some(*retry_ms),
+            | ServiceError::Ramping { retry_ms, .. }
+            | ServiceError::CpuFull { retry_ms, .. }
+            | ServiceError::Burst { retry_ms, .. } => Some(*retry_ms),
             ServiceError::InvalidConfig(_)
             | ServiceError::InvalidAudio(_)
             | ServiceError::Protocol(_)

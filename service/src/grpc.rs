@@ -187,6 +187,17 @@ impl KeywordSpotting for KwsService {
                 Counted::Rejected,
             ));
         }
+        // The same by measured CPU: would the admitted streams plus this one need more than the
+        // allowed share of the pod's CPU limit, at what a stream costs on this node now? And are
+        // too many admitted streams still warming up for their cost to show?
+        if limit_ms > 0
+            && let Err(refusal) = self.deps.cpu.admit(active, warming)
+        {
+            return Err(reject(
+                crate::admission::refusal_error(refusal, RETRY_AFTER_MS),
+                Counted::Rejected,
+            ));
+        }
         // Stage 2: a configured stream takes one of the `max_streams` slots.
         let max = self.deps.server.max_streams;
         let permit = self.deps.active.clone().try_acquire_owned().map_err(|_| {

@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::admission::AwaitingBudget;
+use crate::admission::{AwaitingBudget, CpuMeter};
 use crate::auth::{self, Auth, AuthInterceptor};
 use crate::batcher::WINDOW_BYTES;
 use crate::config::{Config, ConfigError};
@@ -99,8 +99,18 @@ pub async fn serve_with(
         queued,
         warming: Default::default(),
         runtime_lag: Default::default(),
+        cpu: CpuMeter::new(config.server.cpu_limit_cores, config.server.shed_cpu_utilisation),
     };
     let lag_probe = tokio::spawn(probe_runtime_lag(deps.runtime_lag.clone()));
+    let scoring = {
+        let (active, warming) = (deps.active.clone(), deps.warming.clone());
+        move || {
+            let admitted = max.saturating_sub(active.available_permits());
+            admitted.saturating_sub(warming.load(std::sync::atomic::Ordering::Relaxed))
+        }
+    };
+    let cpu_sampler = tokio::spawn(crate::admission::sample_cpu(deps.cpu.clone(), scoring));
+    let (cpu_limit, cpu_limit_source) = deps.cpu.limit();
     crate::telemetry::register_server();
     let cpu = kws_models::cpu::detect();
     // Logged once at start: the int8 kernel family decides the int8 models' arithmetic, so it is
@@ -152,7 +162,8 @@ pub async fn serve_with(
         };
         drain(&phase_tx, &active, max, grace, not_serving).await;
     };
-    tracing::info!(addr = %listener.local_addr()?, max_streams = max, tls = tls.is_some(),
+    tracing::info!(addr = %listener.local_addr()?, max_streams = max, cpu_limit_cores = cpu_limit,
+        cpu_limit_source, shed_cpu_utilisation = config.server.shed_cpu_utilisation, tls = tls.is_some(),
         mtls = config.tls.client_ca.is_some(), auth = config.auth.enabled(), "serving");
     let mut builder = Server::builder();
     if let Some(tls) = tls {
@@ -203,6 +214,7 @@ pub async fn serve_with(
     }
     sampler.abort();
     lag_probe.abort();
+    cpu_sampler.abort();
     if let Some(h) = health_only {
         h.abort();
     }

@@ -75,6 +75,8 @@ pub struct SessionDeps {
     pub runtime_lag: Arc<QueueWait>,
     /// Admitted streams whose first window has not been scored yet (their load does not show).
     pub warming: Arc<AtomicUsize>,
+    /// The process's CPU against the pod's CPU limit (admission; see `admission::CpuMeter`).
+    pub cpu: Arc<crate::admission::CpuMeter>,
 }
 
 /// Counts a stream in [`SessionDeps::warming`] until its first window is scored (or it ends).
@@ -480,6 +482,7 @@ impl Session {
         if now > self.processed_counted_ms {
             metrics::gauge!(names::AUDIO_PROCESSED, "model" => self.model.name.clone())
                 .increment((now - self.processed_counted_ms) as f64 / 1000.0);
+            self.deps.cpu.add_processed(self.processed_counted_ms, now);
             self.processed_counted_ms = now;
         }
     }

@@ -20,6 +20,11 @@ pub mod names {
     pub const MAX_STREAMS: &str = "kws_max_streams";
     /// Gauge: smoothed lag of the runtime's threads (a 20-ms timer's lateness), read by admission.
     pub const RUNTIME_LAG: &str = "kws_runtime_lag_seconds";
+    /// Gauge: the CPU the pod may use, in cores (`server.cpu_limit_cores` or the cgroup quota), read
+    /// by admission.
+    pub const CPU_LIMIT: &str = "kws_cpu_limit_cores";
+    /// Gauge: cores the process used over the last 2 s, as admission measures them.
+    pub const CPU_USED: &str = "kws_cpu_used_cores";
     /// Gauge: streams opened that have not sent their config yet (they hold no stream slot).
     pub const AWAITING_CONFIG: &str = "kws_streams_awaiting_config";
     /// Gauge: bytes of features queued for scoring or being scored, all streams together.
@@ -180,6 +185,14 @@ pub fn describe() {
         RUNTIME_LAG,
         Unit::Seconds,
         "Smoothed lateness of the runtime's threads (load shedding reads it)"
+    );
+    describe_gauge!(
+        CPU_LIMIT,
+        "CPU the pod may use, in cores (config or cgroup quota; load shedding reads it)"
+    );
+    describe_gauge!(
+        CPU_USED,
+        "Cores the process used over the last 2 s (load shedding reads it)"
     );
     describe_gauge!(
         AWAITING_CONFIG,

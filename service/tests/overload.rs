@@ -1,7 +1,8 @@
 //! Overload policy over real gRPC: a fixed admission limit (sized below the CPU capacity) refuses the
 //! excess at once with RESOURCE_EXHAUSTED and a retry hint while admitted streams stay correct; load
 //! shedding refuses new streams while the scoring queue already waits too long; the per-connection
-//! stream limit makes the excess wait on that connection. Deterministic: no timing assertions beyond
+//! stream limit makes the excess wait on that connection; shedding by measured CPU refuses a stream
+//! that would not fit in the pod's CPU limit. Deterministic: no timing assertions beyond
 //! "refused at once" and generous bounds.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -145,6 +146,135 @@ async fn new_streams_are_shed_while_the_scoring_queue_waits_too_long() {
     admit(&server, base())
         .await
         .expect("admitted after the load is gone");
+}
+
+/// A stream that sends the golden stream again and again, as fast as the server reads it, until
+/// stopped; its events must equal the offline result for the audio it sent.
+struct Load {
+    sender: tokio::task::JoinHandle<usize>,
+    reader: tokio::task::JoinHandle<Outcome>,
+    early: Vec<v1::KeywordEvent>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Load {
+    /// Admit the stream, start sending and return once its audio is being scored.
+    async fn start(server: &TestServer) -> Self {
+        let cfg = v1::StreamConfig {
+            disable_progress: false,
+            progress_interval_ms: 500,
+            ..base()
+        };
+        let mut stream = admit(server, cfg).await.expect("the first stream is admitted");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (closed, _) = tokio::sync::mpsc::channel(1);
+        let tx = std::mem::replace(&mut stream.tx, closed);
+        let flag = stop.clone();
+        let sender = tokio::spawn(async move {
+            let one = s16_bytes(&golden_stream());
+            let mut reps = 0;
+            while reps < 40 && !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for c in one.chunks(3200) {
+                    tx.send(req_audio(c.to_vec())).await.unwrap();
+                }
+                reps += 1;
+            }
+            reps // dropping `tx` half-closes the stream
+        });
+        let mut early = Vec::new();
+        loop {
+            match stream.next().await {
+                Ok(Some(v1::DetectResponse {
+                    response: Some(detect_response::Response::Progress(p)),
+                })) if p.audio_ms_processed > 0 => break,
+                Ok(Some(v1::DetectResponse {
+                    response: Some(detect_response::Response::Event(e)),
+                })) => early.push(e),
+                Ok(Some(_)) => {}
+                other => panic!("load stream ended early: {other:?}"),
+            }
+        }
+        let reader = tokio::spawn(async move { stream.read_to_end().await });
+        Self {
+            sender,
+            reader,
+            early,
+            stop,
+        }
+    }
+
+    /// Stop sending, read to the end, check the events and the accounting.
+    async fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let reps = self.sender.await.unwrap();
+        let out = self.reader.await.unwrap();
+        assert!(out.status.is_none(), "{:?}", out.status);
+        let one = s16_bytes(&golden_stream());
+        let pcm: Vec<u8> = one.iter().copied().cycle().take(one.len() * reps).collect();
+        let mut events = self.early;
+        events.extend(out.events);
+        assert_eq!(tuples(&events), offline_events("int8", native(), &pcm));
+        let s = out.summary.unwrap();
+        assert_eq!(s.audio_ms_processed, s.audio_ms_received);
+        assert_eq!(s.audio_ms_received, 5_500 * reps as u64);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_streams_are_shed_when_the_measured_cpu_would_exceed_the_pods_limit() {
+    // Only the CPU rule can fire: the queue-wait and runtime-lag limit is a minute.
+    let cpu_config = |limit_cores: f64| {
+        let mut c = test_config();
+        c.server.shed_queue_wait_ms = 60_000;
+        c.server.shed_cpu_utilisation = 0.8;
+        c.server.cpu_limit_cores = limit_cores;
+        c
+    };
+    // A pod allowed 0.008 cores: one stream scoring as fast as it can uses far more, so once the
+    // process's CPU is measured the next stream cannot fit, on any machine.
+    let server = TestServer::start(cpu_config(0.01)).await;
+    let load = Load::start(&server).await;
+    let t0 = Instant::now();
+    let st = loop {
+        match admit(&server, base()).await {
+            Err(st) => break st,
+            Ok(probe) => {
+                drop(probe);
+                assert!(t0.elapsed() < Duration::from_secs(20), "never shed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(
+        st.message().starts_with("server at its CPU limit: ")
+            && st.message().contains("scoring streams use")
+            && st
+                .message()
+                .contains("cores allowed (0.01-core limit); retry after 1000 ms"),
+        "{st:?}"
+    );
+    assert_eq!(st.metadata().get("grpc-retry-pushback-ms").unwrap(), "1000");
+    // The admitted stream is unaffected: every event, all audio processed.
+    load.finish().await;
+    // No stream scoring, nothing to charge: admitted again.
+    admit(&server, base())
+        .await
+        .expect("admitted once the load is gone");
+
+    // The control: the same load on a pod with room (4096 cores) never sheds, for two seconds of
+    // measurements after scoring started.
+    let server = TestServer::start(cpu_config(4096.0)).await;
+    let load = Load::start(&server).await;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        let probe = admit(&server, base())
+            .await
+            .expect("admitted: the CPU limit is far away");
+        drop(probe);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
