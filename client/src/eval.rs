@@ -758,6 +758,16 @@ pub fn evaluate(
     })
 }
 
+/// A threshold as people write it: two decimals at least, up to four when they matter (0.30, 0.997,
+/// 0.9995), so the streaming thresholds near 1 do not all print as "1.00".
+pub fn fmt_threshold(t: f64) -> String {
+    let mut s = format!("{t:.4}");
+    while s.ends_with('0') && s.len() > s.find('.').map_or(0, |d| d + 3) {
+        s.pop();
+    }
+    s
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{:.1}%", v * 100.0))
 }
@@ -765,7 +775,7 @@ fn pct(v: Option<f64>) -> String {
 fn op(o: &Option<OperatingPoint>) -> String {
     o.as_ref().map_or_else(
         || "none".into(),
-        |o| format!("{:.2} ({})", o.threshold, pct(o.recall)),
+        |o| format!("{} ({})", fmt_threshold(f64::from(o.threshold)), pct(o.recall)),
     )
 }
 
@@ -796,12 +806,16 @@ pub fn render_text(r: &Report) -> String {
             continue;
         }
         let _ = writeln!(s, "\n{} ({} labels)", k.keyword, k.labels);
-        let _ = writeln!(s, "  thr    recall  precision     FA/h     TP     FP     FN");
+        let _ = writeln!(
+            s,
+            "  {:<6}  {:>7}  {:>9}  {:>8}  {:>5}  {:>5}  {:>5}",
+            "thr", "recall", "precision", "FA/h", "TP", "FP", "FN"
+        );
         for p in &k.points {
             let _ = writeln!(
                 s,
-                "  {:.2}  {:>7}  {:>9}  {:>7.2}  {:>5}  {:>5}  {:>5}",
-                p.threshold,
+                "  {:<6}  {:>7}  {:>9}  {:>8.2}  {:>5}  {:>5}  {:>5}",
+                fmt_threshold(f64::from(p.threshold)),
                 pct(p.recall),
                 pct(p.precision),
                 p.fa_per_hour,
@@ -832,6 +846,16 @@ pub fn render_text(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_print_with_the_digits_that_matter() {
+        assert_eq!(fmt_threshold(0.3), "0.30");
+        assert_eq!(fmt_threshold(f64::from(0.3f32)), "0.30");
+        assert_eq!(fmt_threshold(f64::from(0.997f32)), "0.997");
+        assert_eq!(fmt_threshold(f64::from(0.9995f32)), "0.9995");
+        assert_eq!(fmt_threshold(0.95), "0.95");
+        assert_eq!(fmt_threshold(1.0), "1.00");
+    }
 
     #[test]
     fn grids() {

@@ -529,7 +529,9 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
             .map(|k| {
                 format!(
                     "{k}={}",
-                    m.thresholds.get(k).map_or("-".into(), |t| format!("{t:.2}"))
+                    m.thresholds
+                        .get(k)
+                        .map_or("-".into(), |t| eval::fmt_threshold(f64::from(*t)))
                 )
             })
             .collect();

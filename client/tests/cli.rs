@@ -246,7 +246,12 @@ async fn models_and_health() {
     let out = kws_client(args(&["--addr", &addr, "models", "tc-resnet8:fp32"]), None).await;
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("tc-resnet8:fp32"));
-    assert!(stdout(&out).contains("yes=0.30"), "{}", stdout(&out));
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/tc-resnet8/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let yes = kws_client::eval::fmt_threshold(manifest["thresholds"]["yes"].as_f64().unwrap());
+    assert!(stdout(&out).contains(&format!("yes={yes}")), "{}", stdout(&out));
 
     let out = kws_client(args(&["--addr", &addr, "models", "nope"]), None).await;
     assert_eq!(
