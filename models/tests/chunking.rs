@@ -21,7 +21,7 @@
 //! 8 kHz audio has nothing above 4 kHz, so the upper half of the mel bands (up to 7.6 kHz) holds
 //! only what the 8 → 16 kHz resampler leaves there: its transition band and stopband residue, at
 //! levels near the `1e-6` log floor. This model, trained on full-band 16 kHz speech, is very
-//! sensitive to that: measured, the golden stream at 16 kHz gives yes/stop/no/left, at 8 kHz go/no,
+//! sensitive to that: measured on the golden stream of models 1.1.0, 16 kHz gave yes/stop/no/left, 8 kHz go/no,
 //! and the same 4 kHz-band-limited audio pushed at 16 kHz (upsampled by a flatter filter) down/no,
 //! with posteriors up to 0.75 apart. Those comparisons are printed, not asserted: not even the
 //! keywords survive. What the crate owns at 8 kHz is checked against the 8 kHz audio upsampled
@@ -46,7 +46,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use common::*;
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{
-    DecoderConfig, Encoding, Event, Manifest, OnnxScorer, PcmFormat, Scorer, ScorerOptions, Spotter,
+    Decoder, DecoderConfig, Encoding, Event, Manifest, OnnxScorer, PcmFormat, Scorer, ScorerOptions, Spotter,
     StreamConfig, WindowBatch, WindowMeta,
 };
 use rubato::Resampler;
@@ -456,8 +456,41 @@ fn rate_8000_f32_mono() {
     differences(&got, scored_16k());
     differences(&got, &score(&input_16k_band_limited()).0);
     let (offline, _) = score(&input_8k_upsampled_offline(&x8));
-    assert!(!offline.events.is_empty());
     assert_same_events(&got, &offline, OFFLINE_TOLERANCE);
+    // The manifest's streaming thresholds (0.98 and up) leave this narrowband stream without events,
+    // so the event comparison above could hold vacuously: compare the events at a low threshold too.
+    let (low_got, low_offline) = (at_threshold(&got, 0.3), at_threshold(&offline, 0.3));
+    assert!(!low_offline.events.is_empty(), "no event even at 0.3");
+    assert_same_events(&low_got, &low_offline, OFFLINE_TOLERANCE);
+}
+
+/// `scored` decoded anew with every keyword at `threshold` (the golden stream's other settings).
+fn at_threshold(scored: &Scored, threshold: f32) -> Scored {
+    let setup = setup();
+    let config = DecoderConfig {
+        thresholds: vec![Some(threshold); setup.keywords.len()],
+        ..setup.decoder.clone()
+    };
+    let mut decoder = Decoder::new(config, scored.classes, setup.hop_frames).unwrap();
+    let events = scored
+        .windows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            decoder.push(
+                w.start_ms,
+                w.end_ms,
+                &scored.probs[i * scored.classes..(i + 1) * scored.classes],
+            )
+        })
+        .collect();
+    Scored {
+        name: scored.name,
+        windows: scored.windows.clone(),
+        probs: scored.probs.clone(),
+        classes: scored.classes,
+        events,
+    }
 }
 
 #[test]
