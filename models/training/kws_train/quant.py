@@ -409,11 +409,16 @@ def regolden(mdir: Path, clips, bg, r, thresholds: dict[str, float]) -> tuple[di
     fp32, int8 = session(mdir / "model.onnx"), session(mdir / "model.int8.onnx")
     run = lambda f: np.concatenate([int8.run(["probs"], {"features": f[i:i + 256]})[0]  # noqa: E731
                                     for i in range(0, len(f), 256)])
-    others = paths()[1:]
+    available = [p for p in paths() if p.binary.is_file()]
+    if len(available) < len(paths()):
+        print("warning: goldens checked on " + ", ".join(p.name for p in available) + " only (score_features "
+              "not built for every path: models/README.md, 'int8 across CPUs')", flush=True)
+    others = [p for p in available if p.name != "native"]
     held_out = clips.select(lambda x: x["family"] in r.holdout_families)
     dec = DecoderConfig()
     stream = write_golden(mdir, held_out if len(held_out) else clips, bg, fp32, int8, thresholds, dec,
-                          other_paths=lambda f: {p.name: score_on(p, mdir, "int8", f)[0] for p in others},
+                          other_paths=(lambda f: {p.name: score_on(p, mdir, "int8", f)[0] for p in others})
+                          if others else None,
                           other_tolerance=GOLDEN_TOLERANCE, attempts=200)
     print(f"golden stream events int8: {stream['events_int8']}", flush=True)
     g = json.loads((mdir / "golden" / "golden.json").read_text())
@@ -424,14 +429,14 @@ def regolden(mdir: Path, clips, bg, r, thresholds: dict[str, float]) -> tuple[di
     want = run(feats)
     cross = {}
     n_clips = len(g["clips"])
-    for p in paths():
+    for p in available:
         got, line = score_on(p, mdir, "int8", feats)
         print(f"{p.name}: clips max |Δ| {np.abs(got - want)[:n_clips].max():.3g}, "
               f"stream max |Δ| {np.abs(got - want)[n_clips:].max():.3g}", flush=True)
         cross[p.name] = {"int8_kernels": line.split(" int8 kernels ")[-1].split(" ")[0] if line else "",
                          "max_abs_diff_vs_golden": float(np.abs(got - want).max())}
     print(f"paths vs golden: {cross}", flush=True)
-    worst = max(v["max_abs_diff_vs_golden"] for v in cross.values())
+    worst = max([0.0] + [v["max_abs_diff_vs_golden"] for v in cross.values()])
     if worst > GOLDEN_TOLERANCE:
         raise SystemExit(f"int8 goldens differ by {worst} on some path (tolerance {GOLDEN_TOLERANCE}): {cross}")
     return stream, cross

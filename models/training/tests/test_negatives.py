@@ -19,9 +19,11 @@ from kws_train.lexicon import keywords_in, near_words_in  # noqa: E402
 from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 
 HAS_WORDS = Path("/usr/share/dict/words").exists()
-#: Every recipe that existed before the negative-speech keys (the e* research arms use them).
-CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml") if not p.name.startswith("e"))
-NEW_ARMS = sorted((TRAINING / "configs" / "research").glob("e*.toml"))
+#: Every recipe that existed before the negative-speech keys (the e* research arms and the v* verifier
+#: window configs use them).
+CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml") if not p.name.startswith(("e", "v")))
+NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
+                   *(TRAINING / "configs" / "research").glob("v*.toml")])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(TRAINING / "configs")))
