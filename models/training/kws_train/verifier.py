@@ -329,7 +329,10 @@ def cmd_windows(a) -> None:
     t0, c0 = time.time(), time.process_time()
     for n0 in range(0, a.count, 32):
         batch = [maker.make(kinds[k]) for k in kind_ids[n0:n0 + 32]]
-        specs = emb.mel(np.stack([b[0] for b in batch]))
+        # One mel run per window: the mel model floors at 80 dB below the loudest value of its whole
+        # input, so a batch would floor every window by its loudest neighbour (the Rust verifier runs
+        # it per candidate clip; see models/speech-embedding/README.md).
+        specs = [emb.mel(b[0]) for b in batch]
         for i, (spec, (_, lab)) in enumerate(zip(specs, batch)):
             X[n0 + i] = emb.embed_mel(spec)[:LONG_EMB]
             y[n0 + i] = lab
