@@ -59,13 +59,19 @@ def f32(x: float) -> float:
 
 
 def default_grid() -> list[float]:
-    """The service's default evaluation grid: (1..20) * 0.05 in f32 (service/src/config.rs)."""
-    return [f32(f32(float(i)) * f32(0.05)) for i in range(1, 20)]
+    """The service's default evaluation grid in f32 (`default_grid` in service/src/config.rs):
+    (1..20) * 0.05, then the streaming region 0.97 ... 0.9995."""
+    return ([f32(f32(float(i)) * f32(0.05)) for i in range(1, 20)]
+            + [f32(t) for t in (0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9995)])
 
 
 def grid_label(t: float) -> str:
-    """A grid threshold as the service writes it in the `threshold` label (`format!("{t:.2}")`)."""
-    return f"{t:.2f}"
+    """A grid threshold as the service writes it in the `threshold` label
+    (`kws_models::eval::threshold_label`: at least two decimals, up to four: 0.30, 0.997, 0.9995)."""
+    s = f"{t:.4f}"
+    while s.endswith("0") and len(s) > s.index(".") + 3:
+        s = s[:-1]
+    return s
 
 
 def service_config() -> dict:

@@ -758,14 +758,10 @@ pub fn evaluate(
     })
 }
 
-/// A threshold as people write it: two decimals at least, up to four when they matter (0.30, 0.997,
-/// 0.9995), so the streaming thresholds near 1 do not all print as "1.00".
+/// A threshold as people write it (`kws_models::eval::threshold_label`: 0.30, 0.997, 0.9995), so the
+/// streaming thresholds near 1 do not all print as "1.00".
 pub fn fmt_threshold(t: f64) -> String {
-    let mut s = format!("{t:.4}");
-    while s.ends_with('0') && s.len() > s.find('.').map_or(0, |d| d + 3) {
-        s.pop();
-    }
-    s
+    kws_models::eval::threshold_label(t as f32)
 }
 
 fn pct(v: Option<f64>) -> String {

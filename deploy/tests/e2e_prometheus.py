@@ -99,6 +99,14 @@ class Procs:
             self.stop(p)
 
 
+def grid_label(t: float) -> str:
+    """The service's `threshold` label of a grid point (deploy/generate.py's `grid_label`)."""
+    sys.path.insert(0, str(DEPLOY))
+    from generate import grid_label as label
+
+    return label(t)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -557,8 +565,9 @@ def main() -> int:
         info = work.model_info
         for kw in info.keywords:
             got = points.get((info.name, kw))
-            checks.ok(got == f"{info.thresholds[kw]:.2f}", f"operating point of {info.name} '{kw}'",
-                      f"rules say {got}, GetModelInfo says {info.thresholds[kw]:.2f}")
+            want = grid_label(info.thresholds[kw])
+            checks.ok(got == want, f"operating point of {info.name} '{kw}'",
+                      f"rules say {got}, GetModelInfo says {want}")
 
         t0 = time.monotonic()
         work.run(args.rounds, args.period)

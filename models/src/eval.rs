@@ -32,6 +32,18 @@ pub struct Counts {
     pub confusions: u64,
 }
 
+/// A threshold as text, for metric labels and tables: two decimals at least, up to four when they
+/// matter ("0.30", "0.95", "0.997", "0.9995"), so the streaming thresholds near 1 stay apart (with
+/// two decimals 0.995 and 0.999 would both be "1.00"). The service's `threshold` label and
+/// `kws-client`'s tables use it; deploy/generate.py mirrors it.
+pub fn threshold_label(t: f32) -> String {
+    let mut s = format!("{:.4}", f64::from(t));
+    while s.ends_with('0') && s.len() > s.find('.').map_or(0, |d| d + 3) {
+        s.pop();
+    }
+    s
+}
+
 /// The time an event is matched at: the centre of its window.
 pub fn event_time(start_ms: u64, end_ms: u64) -> u64 {
     (start_ms + end_ms) / 2

@@ -320,11 +320,20 @@ pub struct EvaluationConfig {
     pub max_grid_events: usize,
 }
 
+/// The default evaluation grid: 0.05 … 0.95 in steps of 0.05, then the streaming region where the
+/// manifests' operating points lie since models 1.2.0 (0.97 … 0.9995), so every default threshold is
+/// a grid point (deploy/generate.py mirrors this list).
+pub fn default_grid() -> Vec<f32> {
+    let mut grid: Vec<f32> = (1..20).map(|i| i as f32 * 0.05).collect();
+    grid.extend([0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9995]);
+    grid
+}
+
 impl Default for EvaluationConfig {
     fn default() -> Self {
         Self {
             tolerance_ms: 500,
-            thresholds: (1..20).map(|i| i as f32 * 0.05).collect(),
+            thresholds: default_grid(),
             max_grid_events: crate::eval::MAX_GRID_EVENTS,
         }
     }

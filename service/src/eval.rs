@@ -28,7 +28,7 @@ pub const MAX_LABELS: usize = 100_000;
 pub struct EvalSettings {
     pub tolerance_ms: u64,
     pub grid: Vec<f32>,
-    /// The grid as metric label values ("0.05", ...), formatted once.
+    /// The grid as metric label values ("0.05", ..., "0.9995"; `threshold_label`), formatted once.
     pub grid_labels: Vec<String>,
     /// Grid events (and own events) kept per stream.
     pub max_grid_events: usize,
@@ -36,7 +36,10 @@ pub struct EvalSettings {
 
 impl EvalSettings {
     pub fn new(tolerance_ms: u64, grid: Vec<f32>) -> Self {
-        let grid_labels = grid.iter().map(|t| format!("{t:.2}")).collect();
+        let grid_labels = grid
+            .iter()
+            .map(|&t| kws_models::eval::threshold_label(t))
+            .collect();
         Self {
             tolerance_ms,
             grid,

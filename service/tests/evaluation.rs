@@ -53,7 +53,7 @@ fn expected(pcm: &[u8], labels: &[Label], grid: &[f32]) -> Expected {
     let mut out = BTreeMap::new();
     for (g, t) in grid.iter().enumerate() {
         let c = match_events(gd.events(g), labels, 10, 500);
-        out.insert(format!("{t:.2}"), c);
+        out.insert(kws_models::eval::threshold_label(*t), c);
     }
     Expected {
         grid: out,
