@@ -17,7 +17,8 @@
 //! Before stage 2, load shedding (`grpc.rs`) asks [`CpuMeter`] whether one more stream fits in the
 //! CPU the pod may use: the process's measured CPU per scoring stream, times the streams admitted
 //! plus one, against `shed_cpu_utilisation` of the CPU limit (cgroup quota or cores); and, since a
-//! new stream's cost shows only once it scores, at most max(16, scoring) streams may be warming up.
+//! new stream's cost shows only once it scores, at most max(16, scoring, the streams the measured CPU
+//! still has room for) streams may be warming up.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -254,10 +255,13 @@ impl CpuMeter {
     /// May one more stream be admitted, with `active` admitted of which `warming` have not scored
     /// their first window yet (their cost does not show in the measurement)?
     ///
-    /// 1. At most max([`MIN_WARMING`](Self::MIN_WARMING), scoring) streams warming up (counting
-    ///    only those admitted in the last [`WARM_UP`](Self::WARM_UP)): admission can at most double
-    ///    the measured load per warm-up (~1 s), so a burst of connections (a pod that starts,
-    ///    clients of a lost pod reconnecting) cannot be admitted before its cost shows.
+    /// 1. At most max([`MIN_WARMING`](Self::MIN_WARMING), scoring, room) streams warming up
+    ///    (counting only those admitted in the last [`WARM_UP`](Self::WARM_UP)), where `room` is
+    ///    how many streams beyond the scoring ones the measured cost per stream says still fit in
+    ///    the allowed CPU: far from the limit a burst of connections (a pod that starts, clients of
+    ///    a lost pod reconnecting) is admitted at once; near it, or before anything is measured,
+    ///    admission can at most double the measured load per warm-up (~1 s), so a burst cannot be
+    ///    admitted before its cost shows.
     /// 2. While the process uses at least half of the allowed CPU: cost × (active + 1) ≤
     ///    `utilisation` × limit, where a stream's cost is the larger of `used` / scoring (catches
     ///    clients sending faster than real time) and `used` / audio scored per second, i.e. the
@@ -285,7 +289,14 @@ impl CpuMeter {
             recent.pop_front();
         }
         let scoring = active.saturating_sub(warming);
-        let allowed = scoring.max(Self::MIN_WARMING);
+        // Streams the measured CPU still has room for may warm up too: on a node far from its limit
+        // a reconnect storm is admitted at once; near the limit (or before anything was measured)
+        // the load can at most double per warm-up.
+        let room = self.per_stream_cores(scoring).map_or(0, |(_, per_stream)| {
+            let fits = (self.utilisation * self.limit_cores / per_stream).floor();
+            (fits.min(usize::MAX as f64) as usize).saturating_sub(scoring)
+        });
+        let allowed = scoring.max(Self::MIN_WARMING).max(room);
         let warming = warming.min(recent.len());
         if warming >= allowed {
             return Err(CpuRefusal::Burst { warming, allowed });
@@ -295,13 +306,13 @@ impl CpuMeter {
         Ok(())
     }
 
-    fn check_cpu(&self, active: usize, scoring: usize) -> Result<(), CpuRefusal> {
-        let allowed_cores = self.utilisation * self.limit_cores;
-        let Some(used_cores) = self.used() else {
-            return Ok(());
-        };
-        if scoring == 0 || used_cores < allowed_cores / 2.0 {
-            return Ok(());
+    /// (cores used, cores charged per stream) from the last window, with `scoring` streams scoring
+    /// now; None before the first measurement or with none scoring. A stream's cost is the larger of
+    /// `used` / scoring and `used` / audio scored per second (see [`admit`](Self::admit)).
+    fn per_stream_cores(&self, scoring: usize) -> Option<(f64, f64)> {
+        let used_cores = self.used()?;
+        if scoring == 0 {
+            return None;
         }
         let audio_rate = f64::from_bits(self.audio_rate.load(Ordering::Relaxed));
         // Nothing scored in the window while streams are scoring: starved, count a real-time
@@ -309,6 +320,19 @@ impl CpuMeter {
         let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
         let scoring_avg = f64::from_bits(self.scoring_avg.load(Ordering::Relaxed));
         let per_stream = (used_cores / scoring_avg.clamp(1.0, scoring as f64)).max(cpu_per_audio_s);
+        (per_stream > 0.0).then_some((used_cores, per_stream))
+    }
+
+    fn check_cpu(&self, active: usize, scoring: usize) -> Result<(), CpuRefusal> {
+        let allowed_cores = self.utilisation * self.limit_cores;
+        let Some((used_cores, per_stream)) = self.per_stream_cores(scoring) else {
+            return Ok(());
+        };
+        if used_cores < allowed_cores / 2.0 {
+            return Ok(());
+        }
+        let audio_rate = f64::from_bits(self.audio_rate.load(Ordering::Relaxed));
+        let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
         let needed_cores = per_stream * (active + 1) as f64;
         if needed_cores > allowed_cores {
             return Err(CpuRefusal::Full {
@@ -514,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn at_most_max_16_or_the_scoring_streams_warm_up_at_once() {
+    fn at_most_max_16_the_scoring_or_the_measured_room_warm_up_at_once() {
         let m = CpuMeter::new(2.0, 0.8);
         let t0 = Instant::now();
         // Nothing measured, nothing scoring: 16 may warm up, not 17.
@@ -541,6 +565,22 @@ mod tests {
                 allowed: 100
             })
         );
+        // Measured room: 16 scoring at 0.1 cores (0.00625 each) leave room for 256 in the 1.6
+        // cores allowed, so 240 may warm up at once (a node far from its limit takes a burst).
+        let m = CpuMeter::new(2.0, 0.8);
+        m.record(0.1, 16.0, 16.0);
+        for n in 0..240 {
+            assert_eq!(m.admit_at(16 + n, n, t0), Ok(()), "{n}");
+        }
+        assert_eq!(
+            m.admit_at(256, 240, t0),
+            Err(CpuRefusal::Burst {
+                warming: 240,
+                allowed: 240
+            })
+        );
+        // (Near the limit, at half the allowed CPU or more, the room is below the scoring count and
+        // the CPU rule refuses first: tested above.)
         // Off: no limit at all.
         let off = CpuMeter::new(2.0, 0.0);
         assert_eq!(off.admit_at(1000, 1000, t0), Ok(()));
