@@ -252,21 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--budget or --evaluate is required")
     cascade = None
     if a.head:
-        from .verifier import head_probs, load_head, take_view, view_start
+        from .verifier import lazy_verifier, load_head
 
-        net = load_head(a.head)
-        for f in files:
-            f["j0"] = np.array([view_start(t) for t in (f["start"] + f["end"]) // 2])
-            f["vp"] = {}
-
-        def verifier(f):
-            def verify(i):
-                if i not in f["vp"]:
-                    f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
-                return f["vp"][i]
-            return verify
-
-        cascade = (a.t1, verifier, a.reject_gap_ms)
+        cascade = (a.t1, lazy_verifier(files, load_head(a.head)), a.reject_gap_ms)
     mk = lambda fs: Streams(fs, dec["refractory_ms"], a.tolerance_ms, cascade)  # noqa: E731
     every = mk(files)
     out = {"cache": str(a.cache), "head": str(a.head) if a.head else None,

@@ -554,17 +554,11 @@ def load_cache(cache: Path) -> list[dict]:
     return files
 
 
-def cmd_cascade(a) -> None:
-    from .streameval import grid_events, match_events, operating_point
-
-    dec = json.loads((a.cache / "decoder.json").read_text())
-    files = load_cache(a.cache)
-    net = load_head(a.head)
-    hours = sum(float(f["seconds"]) for f in files) / 3600
-    # Verifier probabilities of every window of every file at the chosen offset, computed lazily.
+def lazy_verifier(files: list[dict], net, offset_ms: float = 0.0):
+    """`verifier_for(file)` -> `verify(window index)` -> the head's 12 probabilities for the view
+    centred on that window's event time (+ `offset_ms`), computed on first use and kept per file."""
     for f in files:
-        times = (f["start"] + f["end"]) // 2
-        f["j0"] = np.array([view_start(t, a.offset_ms) for t in times])
+        f["j0"] = np.array([view_start(t, offset_ms) for t in (f["start"] + f["end"]) // 2])
         f["vp"] = {}
 
     def verifier_for(f):
@@ -573,6 +567,18 @@ def cmd_cascade(a) -> None:
                 f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
             return f["vp"][i]
         return verify
+
+    return verifier_for
+
+
+def cmd_cascade(a) -> None:
+    from .streameval import grid_events, match_events, operating_point
+
+    dec = json.loads((a.cache / "decoder.json").read_text())
+    files = load_cache(a.cache)
+    net = load_head(a.head)
+    hours = sum(float(f["seconds"]) for f in files) / 3600
+    verifier_for = lazy_verifier(files, net, a.offset_ms)
 
     def tally(events_per_file) -> dict:
         tp = fp = fn = 0
