@@ -33,6 +33,8 @@ pub fn check_batch(features: &[f32], out: &[f32], classes: usize) -> Result<usiz
 }
 
 #[cfg(feature = "onnx")]
+pub(crate) use onnx::build_session;
+#[cfg(feature = "onnx")]
 pub use onnx::{OnnxScorer, ScorerOptions, init_runtime, locate_library};
 
 #[cfg(feature = "onnx")]
@@ -151,6 +153,36 @@ mod onnx {
         }
     }
 
+    /// A session over a model's bytes with the crate's settings: graph optimization per
+    /// `options.optimize`, `options.intra_threads` (at least 1), one inter-op thread. `path` names
+    /// the model in errors.
+    pub(crate) fn build_session(
+        env: &'static ort::environment::Environment,
+        path: &Path,
+        bytes: &[u8],
+        options: &ScorerOptions,
+    ) -> Result<Session, RuntimeError> {
+        let fail = |reason: String| RuntimeError::Session {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let level = if options.optimize {
+            GraphOptimizationLevel::All
+        } else {
+            GraphOptimizationLevel::Disable
+        };
+        Session::builder(env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_optimization_level(level)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_threads(options.intra_threads.max(1))
+            .map_err(|e| fail(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| fail(e.to_string()))?
+            .commit_from_memory(bytes)
+            .map_err(|e| fail(e.to_string()))
+    }
+
     fn dims(t: &ValueType) -> Option<Vec<i64>> {
         match t {
             ValueType::Tensor { ty, shape, .. } if *ty == ort::value::TensorElementType::Float32 => {
@@ -170,25 +202,7 @@ mod onnx {
         ) -> Result<Self, RuntimeError> {
             let env = init_runtime(options.library.as_deref())?;
             let (path, bytes) = manifest.read_verified(variant)?;
-            let fail = |reason: String| RuntimeError::Session {
-                path: path.clone(),
-                reason,
-            };
-            let level = if options.optimize {
-                GraphOptimizationLevel::All
-            } else {
-                GraphOptimizationLevel::Disable
-            };
-            let session = Session::builder(env)
-                .map_err(|e| fail(e.to_string()))?
-                .with_optimization_level(level)
-                .map_err(|e| fail(e.to_string()))?
-                .with_intra_threads(options.intra_threads.max(1))
-                .map_err(|e| fail(e.to_string()))?
-                .with_inter_threads(1)
-                .map_err(|e| fail(e.to_string()))?
-                .commit_from_memory(&bytes)
-                .map_err(|e| fail(e.to_string()))?;
+            let session = build_session(env, &path, &bytes, options)?;
             let mismatch = |reason: String| {
                 RuntimeError::Model(ModelError::Shape {
                     path: path.clone(),

@@ -261,13 +261,12 @@ mod onnx {
     use std::path::{Path, PathBuf};
 
     use ort::session::Session;
-    use ort::session::builder::GraphOptimizationLevel;
     use ort::value::{TensorElementType, TensorRef, ValueType};
 
     use super::*;
     use crate::error::{ModelError, RuntimeError};
     use crate::manifest::Manifest;
-    use crate::scorer::{ScorerOptions, init_runtime};
+    use crate::scorer::{ScorerOptions, build_session, init_runtime};
 
     /// The three model files of a verifier, already read (and, from a manifest, checked).
     #[derive(Debug, Clone)]
@@ -340,25 +339,7 @@ mod onnx {
         want_in: &[i64],
         want_out: &[i64],
     ) -> Result<(Session, String, String), RuntimeError> {
-        let fail = |reason: String| RuntimeError::Session {
-            path: path.clone(),
-            reason,
-        };
-        let level = if options.optimize {
-            GraphOptimizationLevel::All
-        } else {
-            GraphOptimizationLevel::Disable
-        };
-        let session = Session::builder(env)
-            .map_err(|e| fail(e.to_string()))?
-            .with_optimization_level(level)
-            .map_err(|e| fail(e.to_string()))?
-            .with_intra_threads(options.intra_threads.max(1))
-            .map_err(|e| fail(e.to_string()))?
-            .with_inter_threads(1)
-            .map_err(|e| fail(e.to_string()))?
-            .commit_from_memory(bytes)
-            .map_err(|e| fail(e.to_string()))?;
+        let session = build_session(env, path, bytes, options)?;
         let mismatch = |reason: String| {
             RuntimeError::Model(ModelError::Shape {
                 path: path.clone(),
