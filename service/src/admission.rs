@@ -539,48 +539,35 @@ mod tests {
 
     #[test]
     fn at_most_max_16_the_scoring_or_the_measured_room_warm_up_at_once() {
-        let m = CpuMeter::new(2.0, 0.8);
+        /// Beside `scoring` scoring streams, `allowed` may warm up at once, and not one more.
+        fn burst_after(m: &CpuMeter, scoring: usize, allowed: usize, at: Instant) {
+            for n in 0..allowed {
+                assert_eq!(m.admit_at(scoring + n, n, at), Ok(()), "{n}");
+            }
+            assert_eq!(
+                m.admit_at(scoring + allowed, allowed, at),
+                Err(CpuRefusal::Burst {
+                    warming: allowed,
+                    allowed
+                })
+            );
+        }
         let t0 = Instant::now();
         // Nothing measured, nothing scoring: 16 may warm up, not 17.
-        for n in 0..16 {
-            assert_eq!(m.admit_at(n, n, t0), Ok(()), "{n}");
-        }
-        let burst = CpuRefusal::Burst {
-            warming: 16,
-            allowed: 16,
-        };
-        assert_eq!(m.admit_at(16, 16, t0), Err(burst));
+        let m = CpuMeter::new(2.0, 0.8);
+        burst_after(&m, 0, 16, t0);
         // Streams that have not scored WARM_UP after their admission (no audio) stop counting.
         let later = t0 + CpuMeter::WARM_UP;
         assert_eq!(m.admit_at(16, 16, later), Ok(()));
         // With 100 scoring, up to 100 more may warm up: the load at most doubles per warm-up.
-        let m = CpuMeter::new(2.0, 0.8);
-        for n in 0..100 {
-            assert_eq!(m.admit_at(100 + n, n, t0), Ok(()), "{n}");
-        }
-        assert_eq!(
-            m.admit_at(200, 100, t0),
-            Err(CpuRefusal::Burst {
-                warming: 100,
-                allowed: 100
-            })
-        );
+        burst_after(&CpuMeter::new(2.0, 0.8), 100, 100, t0);
         // Measured room: 16 scoring at 0.1 cores (0.00625 each) leave room for 256 in the 1.6
         // cores allowed, so 240 may warm up at once (a node far from its limit takes a burst).
-        let m = CpuMeter::new(2.0, 0.8);
-        m.record(0.1, 16.0, 16.0);
-        for n in 0..240 {
-            assert_eq!(m.admit_at(16 + n, n, t0), Ok(()), "{n}");
-        }
-        assert_eq!(
-            m.admit_at(256, 240, t0),
-            Err(CpuRefusal::Burst {
-                warming: 240,
-                allowed: 240
-            })
-        );
         // (Near the limit, at half the allowed CPU or more, the room is below the scoring count and
         // the CPU rule refuses first: tested above.)
+        let m = CpuMeter::new(2.0, 0.8);
+        m.record(0.1, 16.0, 16.0);
+        burst_after(&m, 16, 240, t0);
         // Off: no limit at all.
         let off = CpuMeter::new(2.0, 0.0);
         assert_eq!(off.admit_at(1000, 1000, t0), Ok(()));
