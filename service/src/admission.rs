@@ -17,7 +17,7 @@
 //! Before stage 2, load shedding (`grpc.rs`) asks [`CpuMeter`] whether one more stream fits in the
 //! CPU the pod may use: the process's measured CPU per scoring stream, times the streams admitted
 //! plus one, against `shed_cpu_utilisation` of the CPU limit (cgroup quota or cores); and, since a
-//! new stream's cost shows only once it scores, at most max(16, scoring, the streams the measured CPU
+//! new stream's cost shows only once it scores, at most max(64, scoring, the streams the measured CPU
 //! still has room for) streams may be warming up.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -198,8 +198,9 @@ impl CpuMeter {
     /// The measurement window (process CPU sampled every eighth of it).
     pub const WINDOW: Duration = Duration::from_secs(2);
     /// Streams that may warm up at once however few are scoring (a pod that starts, or one with
-    /// few streams, is not refused a small burst).
-    pub const MIN_WARMING: usize = 16;
+    /// few streams, is not refused a small burst: a 20-streams-per-second ramp lost 6-7 of 200
+    /// streams with 16; 64 is still under the capacity of a 0.5-core quota, ~140 streams).
+    pub const MIN_WARMING: usize = 64;
     /// A stream counts as warming up for the burst rule only this long after its admission: one
     /// that sends no audio (it never scores) cannot hold the rule shut for everyone.
     pub const WARM_UP: Duration = Duration::from_secs(2);
@@ -553,12 +554,12 @@ mod tests {
             );
         }
         let t0 = Instant::now();
-        // Nothing measured, nothing scoring: 16 may warm up, not 17.
+        // Nothing measured, nothing scoring: 64 may warm up, not 65.
         let m = CpuMeter::new(2.0, 0.8);
-        burst_after(&m, 0, 16, t0);
+        burst_after(&m, 0, CpuMeter::MIN_WARMING, t0);
         // Streams that have not scored WARM_UP after their admission (no audio) stop counting.
         let later = t0 + CpuMeter::WARM_UP;
-        assert_eq!(m.admit_at(16, 16, later), Ok(()));
+        assert_eq!(m.admit_at(64, 64, later), Ok(()));
         // With 100 scoring, up to 100 more may warm up: the load at most doubles per warm-up.
         burst_after(&CpuMeter::new(2.0, 0.8), 100, 100, t0);
         // Measured room: 16 scoring at 0.1 cores (0.00625 each) leave room for 256 in the 1.6

@@ -95,7 +95,7 @@ pub struct ServerConfig {
     /// Load shedding by measured CPU: a new stream is refused when the admitted streams plus it
     /// would need more than this share of `cpu_limit_cores`, at the cost of a stream the process
     /// measures over the last 2 s (per scoring stream and per audio-second); and at most
-    /// max(16, streams scoring, measured room) admitted streams may not have scored yet
+    /// max(64, streams scoring, measured room) admitted streams may not have scored yet
     /// (`admission::CpuMeter`).
     /// 0 = off; also off with `shed_queue_wait_ms = 0`.
     pub shed_cpu_utilisation: f64,

@@ -70,7 +70,7 @@ pub enum ServiceError {
     /// Load shedding: too many admitted streams have not started scoring, so their CPU cost is not
     /// measured yet (`admission::CpuMeter`).
     #[error(
-        "server warming up streams: {warming} streams admitted in the last seconds have not started scoring yet (at most {allowed} at once: the streams scoring, those the measured CPU has room for, or 16); retry after {retry_ms} ms"
+        "server warming up streams: {warming} streams admitted in the last seconds have not started scoring yet (at most {allowed} at once: the streams scoring, those the measured CPU has room for, or 64); retry after {retry_ms} ms"
     )]
     Burst {
         warming: usize,
