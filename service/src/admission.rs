@@ -477,6 +477,14 @@ fn quota_in(dir: &Path) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// The cores a refused stream would have needed (panics unless refused by the CPU rule).
+    fn needed_cores(r: Result<(), CpuRefusal>) -> f64 {
+        match r {
+            Err(CpuRefusal::Full { needed_cores, .. }) => needed_cores,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn one_more_stream_must_fit_in_the_allowed_cpu() {
         let m = CpuMeter::new(0.5, 0.8);
@@ -507,12 +515,8 @@ mod tests {
         // A starved process: 0.3 cores for 130 scoring streams looks cheap per stream (0.0023), but
         // it scored only 75 s of audio per second (0.004 CPU-s per audio-s): 131 need 0.52.
         m.record(0.3, 75.0, 130.0);
-        match m.admit(130, 0) {
-            Err(CpuRefusal::Full { needed_cores, .. }) => {
-                assert!((needed_cores - 0.524).abs() < 1e-3, "{needed_cores}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let needed = needed_cores(m.admit(130, 0));
+        assert!((needed - 0.524).abs() < 1e-3, "{needed}");
         // Streams sending faster than real time: 130 s of audio per second from 10 streams at
         // 0.39 cores is cheap per audio-second but 0.039 cores per stream: 11 need 0.43.
         m.record(0.39, 130.0, 10.0);
@@ -520,12 +524,8 @@ mod tests {
         // A ramp: the 0.25 cores measured over the window were used by 50 streams on average, not
         // by the 100 scoring now: 111 need 0.555 (0.28 if charged to the 100).
         m.record(0.25, 60.0, 50.0);
-        match m.admit(110, 10) {
-            Err(CpuRefusal::Full { needed_cores, .. }) => {
-                assert!((needed_cores - 0.555).abs() < 1e-3, "{needed_cores}")
-            }
-            other => panic!("{other:?}"),
-        }
+        let needed = needed_cores(m.admit(110, 10));
+        assert!((needed - 0.555).abs() < 1e-3, "{needed}");
         // Below half the allowed CPU the estimate does not bind (fixed costs dominate it): 1
         // scoring of 3 admitted at 0.19 cores would project 0.76 cores.
         m.record(0.19, 1.0, 1.0);
