@@ -293,8 +293,9 @@ impl CpuMeter {
         // Streams the measured CPU still has room for may warm up too: on a node far from its limit
         // a reconnect storm is admitted at once; near the limit (or before anything was measured)
         // the load can at most double per warm-up.
-        let room = self.per_stream_cores(scoring).map_or(0, |(_, per_stream)| {
-            let fits = (self.utilisation * self.limit_cores / per_stream).floor();
+        let cost = self.cost(scoring);
+        let room = cost.map_or(0, |c| {
+            let fits = (self.utilisation * self.limit_cores / c.per_stream).floor();
             (fits.min(usize::MAX as f64) as usize).saturating_sub(scoring)
         });
         let allowed = scoring.max(Self::MIN_WARMING).max(room);
@@ -302,15 +303,15 @@ impl CpuMeter {
         if warming >= allowed {
             return Err(CpuRefusal::Burst { warming, allowed });
         }
-        self.check_cpu(active, scoring)?;
+        self.check_cpu(active, scoring, cost)?;
         recent.push_back(now);
         Ok(())
     }
 
-    /// (cores used, cores charged per stream) from the last window, with `scoring` streams scoring
-    /// now; None before the first measurement or with none scoring. A stream's cost is the larger of
-    /// `used` / scoring and `used` / audio scored per second (see [`admit`](Self::admit)).
-    fn per_stream_cores(&self, scoring: usize) -> Option<(f64, f64)> {
+    /// What the last window measured, with `scoring` streams scoring now; None before the first
+    /// measurement or with none scoring. A stream's cost is the larger of `used` / scoring and
+    /// `used` / audio scored per second (see [`admit`](Self::admit)).
+    fn cost(&self, scoring: usize) -> Option<Cost> {
         let used_cores = self.used()?;
         if scoring == 0 {
             return None;
@@ -321,19 +322,26 @@ impl CpuMeter {
         let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
         let scoring_avg = f64::from_bits(self.scoring_avg.load(Ordering::Relaxed));
         let per_stream = (used_cores / scoring_avg.clamp(1.0, scoring as f64)).max(cpu_per_audio_s);
-        (per_stream > 0.0).then_some((used_cores, per_stream))
+        (per_stream > 0.0).then_some(Cost {
+            used_cores,
+            per_stream,
+            cpu_per_audio_s,
+        })
     }
 
-    fn check_cpu(&self, active: usize, scoring: usize) -> Result<(), CpuRefusal> {
+    fn check_cpu(&self, active: usize, scoring: usize, cost: Option<Cost>) -> Result<(), CpuRefusal> {
         let allowed_cores = self.utilisation * self.limit_cores;
-        let Some((used_cores, per_stream)) = self.per_stream_cores(scoring) else {
+        let Some(Cost {
+            used_cores,
+            per_stream,
+            cpu_per_audio_s,
+        }) = cost
+        else {
             return Ok(());
         };
         if used_cores < allowed_cores / 2.0 {
             return Ok(());
         }
-        let audio_rate = f64::from_bits(self.audio_rate.load(Ordering::Relaxed));
-        let cpu_per_audio_s = used_cores / audio_rate.max(1.0);
         let needed_cores = per_stream * (active + 1) as f64;
         if needed_cores > allowed_cores {
             return Err(CpuRefusal::Full {
@@ -347,6 +355,14 @@ impl CpuMeter {
         }
         Ok(())
     }
+}
+
+/// The process's CPU as the last window measured it, and what one stream is charged.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    used_cores: f64,
+    per_stream: f64,
+    cpu_per_audio_s: f64,
 }
 
 /// The client-facing error of a [`CpuRefusal`].
