@@ -59,7 +59,7 @@ for m in "${MODELS[@]}"; do
 done
 
 # Second stage (models 2.0.0): the verifier head on the speech-embedding features (models/speech-embedding;
-# deploy/fetch-speech-embedding.sh re-extracts them), trained on 24 000 synthesized 2.3-s windows; then per
+# deploy/fetch-speech-embedding.sh re-extracts them), trained on 36 000 synthesized 2.3-s windows; then per
 # model the cascade's first-stage threshold (one of 0.9-0.99) and one verifier threshold for all keywords,
 # calibrated on the validation streams to 5 FA/h with the verifier run per candidate clip as the Rust crate
 # runs it, and the cascade golden. Several CPU hours on 2 cores (each 12 000-window run ~6 CPU min of
@@ -73,11 +73,11 @@ if [ "${VERIFIER:-1}" = 1 ]; then
   mkdir -p data/mined runs/verifier
   "$PY" -m kws_train.mine --data data --model ../tc-resnet8/model.int8.onnx --out data/mined/tc8-int8-0.3.jsonl \
     --threshold 0.3 --spacing-ms 300
-  for s in 7 8; do
+  for s in 7 8 9; do
     "$PY" -m kws_train.verifier windows --data data --config configs/research/v2-voices.toml \
       --mined data/mined/tc8-int8-0.3.jsonl --out "runs/verifier/win-$s.npz" --count 12000 --seed "$s"
   done
-  "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz \
+  "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
     --out runs/verifier/head --epochs 40 --arch conv --val-frac 0.1
   for m in "${MODELS[@]}"; do
     "$PY" -m kws_train.verifier clip-table --cache "runs/val2-cache-$m" --audio-dir data/valcorpus2 \
