@@ -191,6 +191,9 @@ struct EvalArgs {
     smoothing_ms: Option<u32>,
     #[arg(long)]
     refractory_ms: Option<u32>,
+    /// For a model with a verifier: the first stage's events only (no cascade).
+    #[arg(long)]
+    first_stage_only: bool,
     /// Server mode: files streamed at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -602,6 +605,7 @@ async fn run_eval(conn: &ConnArgs, a: EvalArgs) -> u8 {
         hop_ms: a.hop_ms,
         smoothing_ms: a.smoothing_ms,
         refractory_ms: a.refractory_ms,
+        first_stage_only: a.first_stage_only,
     };
     let pb = bar(items.len() as u64, "files", a.no_progress);
     let scored = if a.local {

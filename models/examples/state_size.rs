@@ -39,6 +39,7 @@ fn main() {
                 refractory_ms: 1000,
                 thresholds: vec![Some(0.5); 10],
             },
+            cascade: None,
         };
         // Warm up this rate's one-off allocations (FFT plans are cached per size), then measure.
         let mut warm = Spotter::new(cfg.clone(), 12).unwrap();
