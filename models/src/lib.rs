@@ -13,7 +13,8 @@
 //!
 //! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
 //! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
-//! returned. Per-stream state is about 20 KiB; models, FFT plans and tables are shared.
+//! returned. Per-stream state is about 20 KiB (a cascade adds its 76-KiB sample ring); models, FFT
+//! plans and tables are shared.
 //!
 //! # Layout
 //! - [`pcm`]: decoding and validation of raw chunks.

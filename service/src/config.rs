@@ -233,7 +233,10 @@ pub struct VerifierConfig {
     /// Verifier worker threads per served model (each with its own three ONNX Runtime sessions).
     pub workers: usize,
     /// Most candidate clips per verifier call (a worker takes what is queued, up to this; it never
-    /// waits for more: candidates are rare and each waits for its verdict).
+    /// waits for more: candidates are rare and each waits for its verdict). Default 1: measured on
+    /// x86-64 (models/README.md, "Second-stage verifier"), batching clips costs 20-30 % more CPU per
+    /// candidate, so under a burst, clips one by one are both cheaper and sooner; raise it where a
+    /// measurement on the target hardware shows batches pay.
     pub max_batch: usize,
     /// Candidate clips queued per model before streams wait to enqueue (~92 KB each).
     pub queue_capacity: usize,
@@ -243,7 +246,7 @@ impl Default for VerifierConfig {
     fn default() -> Self {
         Self {
             workers: 1,
-            max_batch: 16,
+            max_batch: 1,
             queue_capacity: 256,
         }
     }

@@ -8,6 +8,9 @@
 //!                                                                    one ONNX Runtime session each)
 //!                                                          ▼
 //!                              session: posteriors in order → decoder → events ══▶ client
+//!                                       └ model with a verifier: smoothed → cascade → candidate clip
+//!                              verify (per model): bounded queue ──▶ verifier workers (OS threads)
+//!                                       └ verdict → event ══▶ client
 //! ```
 //!
 //! # Layout

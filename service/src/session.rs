@@ -11,6 +11,15 @@
 //! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
 //!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
 //!
+//! Cascade streams (a model with a verifier, no `first_stage_only`): the applied windows propose
+//! candidates; once a candidate's clip is complete the session sends it to the model's verifier
+//! workers (`verify`, one candidate per stream at a time: the next depends on this verdict) and
+//! sends the event, if any, when the verdict comes back. Before feeding more audio it waits for its
+//! scores and verdict while the Spotter's sample ring has no room (`Spotter::audio_room`), so no
+//! clip is overwritten; a verifier that still falls behind ends the stream with RESOURCE_EXHAUSTED,
+//! a failed verification with INTERNAL. At the end, the last candidates are verified on the audio
+//! there is, before the summary.
+//!
 //! How a stream ends: half-close → flush, summary, OK. Drain grace over, idle timeout or lifetime
 //! limit → flush, summary (of everything received), then UNAVAILABLE / DEADLINE_EXCEEDED. Bad input
 //! → INVALID_ARGUMENT at once. Client gone → nothing to send. Audio accounting: received audio is

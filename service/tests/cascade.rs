@@ -159,6 +159,15 @@ async fn the_cascade_decides_events_when_the_manifest_has_a_verifier() {
     );
     assert!(rejected > 0.0, "rejections counted");
     assert!(sum(&after, "kws_verifier_seconds_count") > sum(&before, "kws_verifier_seconds_count"));
+    let mean = |name: &str| {
+        let d = |m: &BTreeMap<String, f64>, s: &str| sum(m, &format!("{name}_{s}"));
+        (d(&after, "sum") - d(&before, "sum")) / (d(&after, "count") - d(&before, "count"))
+    };
+    println!(
+        "{candidates} candidates: verdict latency {:.1} ms (clip sent -> verdict back), verifier {:.1} ms per call",
+        1e3 * mean("kws_verdict_latency_seconds"),
+        1e3 * mean("kws_verifier_seconds")
+    );
 
     // Streams at once: their candidates are verified together; each gets its own events.
     let mut runs = Vec::new();
