@@ -927,3 +927,37 @@ impl Session {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_verifier_that_falls_behind_is_resource_exhausted_and_a_bug_is_internal() {
+        let code = |e: ApplyError| tonic::Status::from(apply_error(e)).code();
+        let backlog = CascadeError::Backlog { pending: 3, max: 250 };
+        assert_eq!(code(backlog.into()), Code::ResourceExhausted);
+        let lost = ApplyError::ClipLost {
+            candidate: 1,
+            start: 0,
+            oldest: 16_000,
+        };
+        let msg = tonic::Status::from(apply_error(lost.clone()))
+            .message()
+            .to_string();
+        assert!(
+            msg.contains("not keeping up") && msg.contains("candidate 1"),
+            "{msg}"
+        );
+        assert_eq!(code(lost), Code::ResourceExhausted);
+        let order = kws_models::OrderError { expected: 2, got: 5 };
+        assert_eq!(code(order.into()), Code::Internal);
+        let not_pending = CascadeError::NotPending {
+            got: 4,
+            pending: None,
+        };
+        assert_eq!(code(not_pending.into()), Code::Internal);
+    }
+}
