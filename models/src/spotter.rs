@@ -1045,6 +1045,30 @@ mod tests {
     }
 
     #[test]
+    fn disabled_keywords_are_never_candidates() {
+        let (m, _) = cascaded();
+        let keywords = vec!["no".to_string()];
+        let c = StreamConfig::resolve(
+            &m,
+            PcmFormat::native_s16(),
+            &keywords,
+            [],
+            DecoderOverrides::default(),
+        )
+        .expect("config");
+        let mut s = Spotter::new(c, m.num_classes()).expect("spotter");
+        let mut batch = WindowBatch::new();
+        s.push_samples(&vec![0.01; 32_000], &mut batch).expect("push");
+        // Every window scores "yes" at 0.95, which this stream did not enable.
+        apply_all(&mut s, &batch, m.num_classes());
+        assert!(s.windows_applied() > 0);
+        assert_eq!(s.pending_candidate(), None);
+        let (_, mut all) = cascaded();
+        apply_all(&mut all, &batch, m.num_classes());
+        assert!(all.pending_candidate().is_some(), "enabled, it is one");
+    }
+
+    #[test]
     fn audio_room_keeps_every_clip_in_the_ring() {
         let (m, mut s) = cascaded();
         let piece = vec![0.01f32; 1600];

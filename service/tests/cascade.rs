@@ -85,6 +85,20 @@ async fn detect(server: &TestServer, chunks: Vec<Vec<u8>>, first_stage_only: boo
     detect_with(server.client().await, chunks, first_stage_only).await
 }
 
+/// The golden stream's keyword labels (golden.json), as Label messages.
+fn labels() -> Vec<v1::DetectRequest> {
+    [("yes", 565, 1235), ("stop", 2140, 2660), ("left", 4195, 5005)]
+        .into_iter()
+        .map(|(k, start_ms, end_ms)| v1::DetectRequest {
+            request: Some(v1::detect_request::Request::Label(v1::Label {
+                keyword: k.into(),
+                start_ms,
+                end_ms,
+            })),
+        })
+        .collect()
+}
+
 async fn detect_with(
     mut client: kws_proto::v1::keyword_spotting_client::KeywordSpottingClient<tonic::transport::Channel>,
     chunks: Vec<Vec<u8>>,
@@ -135,9 +149,28 @@ async fn the_cascade_decides_events_when_the_manifest_has_a_verifier() {
     assert!(!want.is_empty(), "the golden stream has verified keywords");
     assert!(want.iter().all(|e| e.4.is_some_and(|p| p >= 0.9)));
     let before = scrape(&metrics);
-    let out = detect(&server, random_chunks(&pcm, 2, 7, 4000), false).await;
+    let mut chunks = random_chunks(&pcm, 2, 7, 4000);
+    let tail = chunks.split_off(chunks.len() / 2);
+    let mut cfg = config(AudioEncoding::PcmS16le, 16_000, 1);
+    cfg.model = MODEL.into();
+    let mut reqs = vec![req_config(cfg)];
+    reqs.extend(chunks.into_iter().map(req_audio));
+    // Labelled: the stream's own evaluation counts the cascade's events.
+    reqs.extend(labels());
+    reqs.extend(tail.into_iter().map(req_audio));
+    let out = run_stream(&mut server.client().await, reqs).await;
     assert!(out.status.is_none(), "{:?}", out.status);
     assert_eq!(keys(&out.events), want);
+    let e = out
+        .summary
+        .as_ref()
+        .and_then(|s| s.evaluation)
+        .expect("labelled stream evaluated");
+    assert_eq!(
+        (e.labels, e.hits, e.misses, e.false_alarms),
+        (3, want.len() as u64, 3 - want.len() as u64, 0),
+        "{want:?}"
+    );
     let ready = out.ready.expect("ready").config.expect("resolved config");
     assert!(ready.cascade);
     assert_eq!(ready.first_stage_threshold, 0.7);
