@@ -193,6 +193,55 @@ async fn the_cascade_gives_identical_reports_through_the_server_and_local() {
         "{}",
         first["events"]
     );
+
+    // `models` shows the cascade; `detect` prints the verifier's score of each event.
+    let out = kws_client(args(&["--addr", &addr, "models"]), None).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "cascade: candidates at >= 0.70, verifier head-research-conv15k.onnx (9 embeddings per view)"
+        ),
+        "{text}"
+    );
+    let wav = path_arg(&golden("stream.wav"));
+    let out = kws_client(
+        args(&["--addr", &addr, "detect", &wav, "--json", "--no-progress"]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "event")
+        .collect();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e["verifier_score"].as_f64().is_some_and(|p| p >= 0.9)),
+        "{events:?}"
+    );
+    let out = kws_client(
+        args(&[
+            "--addr",
+            &addr,
+            "detect",
+            &wav,
+            "--json",
+            "--no-progress",
+            "--first-stage-only",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"verifier_score\":null"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

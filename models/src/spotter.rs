@@ -570,7 +570,10 @@ impl Spotter {
     }
 
     /// End of stream: flush the resampler (so every received sample reaches the frontend) and append
-    /// the last windows. Further pushes fail with [`AudioError::Finished`]. Idempotent.
+    /// the last windows. Further pushes fail with [`AudioError::Finished`]. Idempotent. With a
+    /// cascade, candidates' clips are from now on cut at the end of the audio
+    /// ([`ready_clip`](Self::ready_clip)): apply the last windows, then verify until no candidate
+    /// is pending.
     pub fn finish(&mut self, out: &mut WindowBatch) -> Result<(), AudioError> {
         if self.finished {
             return Ok(());
