@@ -1,12 +1,15 @@
 //! Bytes of heap a `Spotter` allocates for its own state (the shared model, FFT plans and tables
-//! excluded), per input rate. `cargo run --release -p kws-models --example state_size`
+//! excluded), per input rate, without and with the cascade of the test fixture's manifest (the
+//! research verifier head). `cargo run --release -p kws-models --example state_size`
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use kws_models::frontend::mfcc;
-use kws_models::{DecoderConfig, Encoding, PcmFormat, Spotter, StreamConfig, WindowBatch};
+use kws_models::{
+    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, WindowBatch,
+};
 
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
@@ -29,7 +32,18 @@ static A: Counting = Counting;
 fn main() {
     // Build the shared tables and this thread's scratch first: they are not per-stream state.
     let _ = mfcc(&[0.0; 16_000]);
-    for rate in [16_000u32, 48_000, 44_100, 8_000] {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier");
+    let cascade = CascadeSettings::from_manifest(&Manifest::load(fixture).unwrap());
+    for (rate, cascade) in [16_000u32, 48_000, 44_100, 8_000]
+        .into_iter()
+        .map(|r| (r, None))
+        .chain([(16_000, cascade)])
+    {
+        let with = if cascade.is_some() {
+            " with the cascade"
+        } else {
+            ""
+        };
         let fmt = PcmFormat::new(Encoding::S16Le, rate, 1).unwrap();
         let cfg = StreamConfig {
             format: fmt,
@@ -39,6 +53,7 @@ fn main() {
                 refractory_ms: 1000,
                 thresholds: vec![Some(0.5); 10],
             },
+            cascade,
         };
         // Warm up this rate's one-off allocations (FFT plans are cached per size), then measure.
         let mut warm = Spotter::new(cfg.clone(), 12).unwrap();
@@ -52,7 +67,7 @@ fn main() {
         drop(batch);
         let after = LIVE.load(Ordering::SeqCst);
         println!(
-            "{rate} Hz: {} bytes ({:.1} KiB) of state per Spotter",
+            "{rate} Hz{with}: {} bytes ({:.1} KiB) of state per Spotter",
             after - before,
             (after - before) as f64 / 1024.0
         );

@@ -175,6 +175,7 @@ pub fn run_stream(dir: &Path, variant: &str) -> StreamRun {
             refractory_ms: g.stream.decoder.refractory_ms,
             thresholds,
         },
+        cascade: None,
     };
     let mut spotter = Spotter::new(config, manifest.num_classes()).unwrap();
     let x = read_wav(&dir.join("golden").join(&g.stream.wav));
