@@ -11,7 +11,8 @@
 #      golden tests and isa_parity (checks it got the AVX2 path, compares with the reference), for
 #      the int8 models only (fp32 does not saturate anywhere, and emulated fp32 takes minutes);
 #      Also the verifier's golden test (tests/verifier.rs, fp32 speech-embedding models and head vs
-#      Python onnxruntime) on one clip (KWS_VERIFIER_QUICK=1: an embedding costs seconds under TCG);
+#      Python onnxruntime) on one clip (KWS_VERIFIER_QUICK=1: an embedding costs seconds under TCG;
+#      the shipped cascade's golden, 18 clips, runs natively only);
 #   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
