@@ -28,6 +28,8 @@
 //! - [`verifier`]: the second stage's audio geometry and its scorer ([`Verifier`], feature `onnx`):
 //!   a head on `speech_embedding` features re-scores candidates (not wired into [`Spotter`] yet).
 //! - [`cascade`]: the cascade decision rule (first-stage candidates, late verdicts, events).
+//! - [`streaming`]: streaming (external-state) models: [`StreamingSpotter`] keeps the model state
+//!   instead of a 98-frame ring, [`StreamScorer`] scores one hop of many streams per call.
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +44,7 @@ pub mod pcm;
 pub mod resample;
 pub mod scorer;
 pub mod spotter;
+pub mod streaming;
 pub mod verifier;
 
 pub use cascade::{Candidate, Cascade, CascadeConfig, CascadeError, CascadeEvent, Resolution};
@@ -55,6 +58,9 @@ pub use scorer::{OnnxScorer, ScorerOptions};
 pub use spotter::{
     DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta, WireOverrides,
 };
+#[cfg(feature = "onnx")]
+pub use streaming::OnnxStreamScorer;
+pub use streaming::{StateLayout, StreamScorer, StreamingSpec, StreamingSpotter};
 #[cfg(feature = "onnx")]
 pub use verifier::Verifier;
 pub use verifier::{Clip, ClipRange, VerifyError, View};
