@@ -488,8 +488,17 @@ pub struct StreamingSpotter {
     calls: u64,
     frames_in: u64,
     finished: bool,
+}
+
+/// Decode/resample scratch, shared by the streams of a thread (not per-stream state).
+struct Scratch {
     mono: Vec<f32>,
     resampled: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> =
+        const { std::cell::RefCell::new(Scratch { mono: Vec::new(), resampled: Vec::new() }) };
 }
 
 impl std::fmt::Debug for StreamingSpotter {
@@ -528,8 +537,6 @@ impl StreamingSpotter {
             calls: 0,
             frames_in: 0,
             finished: false,
-            mono: Vec::new(),
-            resampled: Vec::new(),
         })
     }
 
@@ -574,30 +581,24 @@ impl StreamingSpotter {
         }
         let frames = self.format.validate(bytes)?;
         let piece = PIECE_FRAMES * self.format.frame_bytes();
-        let mut mono = std::mem::take(&mut self.mono);
-        let mut resampled = std::mem::take(&mut self.resampled);
-        let mut result = Ok(());
         for chunk in bytes.chunks(piece) {
-            mono.clear();
-            if let Err(e) = self.format.decode_into(chunk, &mut mono) {
-                result = Err(e);
-                break;
-            }
-            self.frames_in += mono.len() as u64;
-            if self.resampler.is_bypass() {
-                self.feed_frontend(&mono);
-            } else {
-                resampled.clear();
-                if let Err(e) = self.resampler.process(&mono, &mut resampled) {
-                    result = Err(e);
-                    break;
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let Scratch { mono, resampled } = &mut *s;
+                mono.clear();
+                self.format.decode_into(chunk, mono)?;
+                self.frames_in += mono.len() as u64;
+                if self.resampler.is_bypass() {
+                    self.feed_frontend(mono);
+                } else {
+                    resampled.clear();
+                    self.resampler.process(mono, resampled)?;
+                    self.feed_frontend(resampled);
                 }
-                self.feed_frontend(&resampled);
-            }
+                Ok::<(), AudioError>(())
+            })?;
         }
-        self.mono = mono;
-        self.resampled = resampled;
-        result.map(|()| frames)
+        Ok(frames)
     }
 
     /// End of stream: flush the resampler so every received sample reaches the frontend. Frames
@@ -607,14 +608,14 @@ impl StreamingSpotter {
             return Ok(());
         }
         self.finished = true;
-        let mut resampled = std::mem::take(&mut self.resampled);
-        resampled.clear();
-        let r = self.resampler.finish(&mut resampled);
-        if r.is_ok() {
-            self.feed_frontend(&resampled);
-        }
-        self.resampled = resampled;
-        r
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let resampled = &mut s.resampled;
+            resampled.clear();
+            self.resampler.finish(resampled)?;
+            self.feed_frontend(resampled);
+            Ok(())
+        })
     }
 
     fn feed_frontend(&mut self, samples: &[f32]) {
