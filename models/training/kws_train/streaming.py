@@ -76,6 +76,8 @@ def plan(channels: tuple[int, ...], stem_kernel: int, kernel: int, pool: int, ho
         convs.append(ConvPlan(f"b{i + 1}_conv1", a, kernel, nominal // grid, out_grid // grid))
         convs.append(ConvPlan(f"b{i + 1}_conv2", b, kernel, out_nominal // out_grid, 1))
         nominal, grid = out_nominal, out_grid
+    if pool < 2:
+        raise ValueError("pool must be >= 2 (one final column needs no pooling state; not supported)")
     return convs, (channels[-1], (pool - 1) * nominal // grid)
 
 
@@ -119,7 +121,8 @@ def build(folded, hop: int):
         def step(conv, p: ConvPlan, x, state):
             full = torch.cat([state, x], dim=2)
             y = F.conv1d(full, conv.weight, conv.bias, stride=p.stride, dilation=p.dilation)
-            return y, full[:, :, full.shape[2] - p.state_columns:]
+            # Static (negative) slice bounds, so the exported graph's state shapes are static too.
+            return y, full[:, :, -p.state_columns:]
 
         def forward(self, frames, *states):
             x = frames.transpose(1, 2)
@@ -138,10 +141,9 @@ def build(folded, hop: int):
                 new += [s1, s2]
             full = torch.cat([states[-1], x], dim=2)
             step = total // final_grid
-            last = full.shape[2] - 1
-            cols = [full[:, :, last - j * step:last - j * step + 1] for j in range(spec.pool)]
+            cols = [full[:, :, -1 - j * step:(-j * step) or None] for j in range(spec.pool)]
             pooled = torch.cat(cols, dim=2).mean(dim=2)
-            new.append(full[:, :, full.shape[2] - pool_cols:])
+            new.append(full[:, :, -pool_cols:])
             return (torch.softmax(self.fc(pooled), dim=1), *new)
 
     return Streaming().eval()
