@@ -1,7 +1,7 @@
 //! Streaming (external-state) scoring: each hop computes only the new frames' columns.
 //!
 //! A streamable model (manifest section `streaming`, written by `kws_train.streaming`) is an ONNX
-//! graph with inputs `frames [N, hop, 40]` plus one state tensor per layer `[N, C, T]`, and outputs
+//! graph with inputs `frames [N, hop, 40]` plus one state tensor per layer `[N, T, C]`, and outputs
 //! `probs [N, classes]` plus the new states. Its probabilities after a hop are those of the windowed
 //! model on the 98-frame window ending at the hop's last frame, so the decoder, the window times and
 //! the events are the same as on the windowed path (`models/README.md`, "Streaming specification").
@@ -11,7 +11,7 @@
 //!   the manifest.
 //! - [`StreamScorer`] / [`OnnxStreamScorer`]: one call scores one hop of `N` streams; the states of
 //!   the batch are stream-major (`N * state_len` values) and are gathered into / scattered from the
-//!   graph's per-tensor `[N, C, T]` inputs and outputs.
+//!   graph's per-tensor `[N, T, C]` inputs and outputs.
 //! - [`StreamingSpotter`]: the per-stream pipeline of [`crate::Spotter`] (PCM → 16 kHz → MFCC →
 //!   decoder) that keeps the model state and the pending frames instead of a 98-frame ring.
 //!
@@ -46,7 +46,7 @@ pub struct StateSpec {
     pub name: String,
     /// Graph output carrying the new state.
     pub output: String,
-    /// `[-1, C, T]`.
+    /// `[-1, T, C]` (any `[-1, a, b]` with a, b >= 1).
     pub shape: Vec<i64>,
     pub dtype: String,
 }
@@ -57,7 +57,7 @@ pub struct StateSpec {
 /// "streaming": {"hop_frames": 2, "lead_frames": 0, "first_valid_call": 48,
 ///   "input": {"name": "frames", "shape": [-1, 2, 40], "dtype": "float32"},
 ///   "output": {"name": "probs", "shape": [-1, 12], "dtype": "float32"},
-///   "states": [{"name": "state_stem", "output": "state_stem_out", "shape": [-1, 40, 5], "dtype": "float32"}, …],
+///   "states": [{"name": "state_stem", "output": "state_stem_out", "shape": [-1, 5, 40], "dtype": "float32"}, …],
 ///   "files": {"fp32": {"path": "model.stream.onnx", "sha256": "…", "bytes": 1}}, …}
 /// ```
 /// Other keys (FLOPs, quantization, measured differences) are records and are ignored here.
@@ -115,7 +115,7 @@ impl StreamingSpec {
             let ok = s.shape.len() == 3 && s.shape[0] == -1 && s.shape[1] >= 1 && s.shape[2] >= 1;
             if !ok || s.dtype != "float32" {
                 return Err(format!(
-                    "state {:?}: must be float32 [-1, C, T] with C, T >= 1, got {} {:?}",
+                    "state {:?}: must be float32 [-1, a, b] with a, b >= 1, got {} {:?}",
                     s.name, s.dtype, s.shape
                 ));
             }
@@ -138,15 +138,15 @@ impl StreamingSpec {
             .states
             .iter()
             .map(|s| {
-                let (c, t) = (s.shape[1] as usize, s.shape[2] as usize);
+                let (rows, cols) = (s.shape[1] as usize, s.shape[2] as usize);
                 let tensor = StateTensor {
                     input: s.name.clone(),
                     output: s.output.clone(),
-                    channels: c,
-                    columns: t,
+                    rows,
+                    cols,
                     offset,
                 };
-                offset += c * t;
+                offset += rows * cols;
                 tensor
             })
             .collect();
@@ -165,15 +165,17 @@ impl StreamingSpec {
 pub struct StateTensor {
     pub input: String,
     pub output: String,
-    pub channels: usize,
-    pub columns: usize,
-    /// Offset of its `channels * columns` values (row-major `[C, T]`) in the flat state.
+    /// `shape[1]` and `shape[2]` of the tensor per stream (`kws_train` writes time-major `[T, C]`;
+    /// the runtime does not interpret them).
+    pub rows: usize,
+    pub cols: usize,
+    /// Offset of its `rows * cols` values (row-major) in the flat state.
     pub offset: usize,
 }
 
 impl StateTensor {
     pub fn len(&self) -> usize {
-        self.channels * self.columns
+        self.rows * self.cols
     }
 
     pub fn is_empty(&self) -> bool {
@@ -431,7 +433,7 @@ mod onnx {
             for (t, buf) in self.layout.tensors.iter().zip(&self.gathered) {
                 inputs.push((
                     t.input.as_str(),
-                    TensorRef::from_array_view(([n, t.channels, t.columns], buf.as_slice())).map_err(err)?,
+                    TensorRef::from_array_view(([n, t.rows, t.cols], buf.as_slice())).map_err(err)?,
                 ));
             }
             let outputs = self.session.run(inputs).map_err(err)?;
@@ -704,13 +706,13 @@ mod tests {
                 StateSpec {
                     name: "a".into(),
                     output: "a_out".into(),
-                    shape: vec![-1, 40, 5],
+                    shape: vec![-1, 5, 40],
                     dtype: "float32".into(),
                 },
                 StateSpec {
                     name: "b".into(),
                     output: "b_out".into(),
-                    shape: vec![-1, 48, 4],
+                    shape: vec![-1, 4, 48],
                     dtype: "float32".into(),
                 },
             ],
@@ -767,7 +769,7 @@ mod tests {
         assert!(s.validate(12).unwrap_err().contains("used twice"));
         let mut s = spec(2);
         s.states[0].shape = vec![-1, 40];
-        assert!(s.validate(12).unwrap_err().contains("[-1, C, T]"));
+        assert!(s.validate(12).unwrap_err().contains("[-1, a, b]"));
         assert!(spec(2).validate(11).unwrap_err().contains("output"));
     }
 

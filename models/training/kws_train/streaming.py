@@ -1,7 +1,7 @@
 """Streaming form of a valid-convolution TC-ResNet (`model.STREAM_ARCHS`) with external state.
 
 A streaming call takes the next `hop` MFCC frames `[N, hop, 40]` and one state tensor per layer
-`[N, C, columns]`, and returns the window's probabilities `[N, 12]` (the window of 98 frames ending
+`[N, columns, C]`, and returns the window's probabilities `[N, 12]` (the window of 98 frames ending
 at the hop's last frame) and the new states. States are plain model inputs/outputs, so streams batch
 by concatenating their states on the batch dimension, and the runtime needs no per-architecture code:
 the manifest's `streaming.states` lists every tensor (name, output name, shape per stream).
@@ -14,8 +14,8 @@ one column per hop, its taps dilated by nominal spacing / g), so the streaming p
 windowed model's on exactly the same windows. With hop = D the graph is the strided network itself.
 
 # State of one layer
-A conv with kernel k, dilation d and stride s on its computed grid keeps the last `(k - 1) d + 1 - s`
-input columns (the new ones of a hop end exactly at an output column: all grids end at the hop's last
+States are time-major `[N, T, C]`. A conv with kernel k, dilation d and stride s on its computed
+grid keeps the last `(k - 1) d + 1 - s` input columns (the new ones of a hop end exactly at an output column: all grids end at the hop's last
 frame). A block's shortcut reads the new input columns at the output's end positions: no state. The
 pooling keeps the last `(pool - 1) D / g` final columns.
 
@@ -90,19 +90,25 @@ def first_valid_call(hop: int) -> int:
 
 
 def state_specs(channels, stem_kernel, kernel, pool, hop) -> list[dict]:
-    """The manifest's `streaming.states`: input name, output name, shape per stream [-1, C, T]."""
+    """The manifest's `streaming.states`: input name, output name, shape per stream `[-1, T, C]`
+    (time-major: the last T columns of a layer's input, oldest first)."""
     convs, (pc, pt) = plan(channels, stem_kernel, kernel, pool, hop)
-    out = [{"name": f"state_{c.name}", "output": f"state_{c.name}_out", "shape": [-1, c.cin, c.state_columns],
+    out = [{"name": f"state_{c.name}", "output": f"state_{c.name}_out", "shape": [-1, c.state_columns, c.cin],
             "dtype": "float32"} for c in convs]
-    out.append({"name": "state_pool", "output": "state_pool_out", "shape": [-1, pc, pt], "dtype": "float32"})
+    out.append({"name": "state_pool", "output": "state_pool_out", "shape": [-1, pt, pc], "dtype": "float32"})
     return out
 
 
 def build(folded, hop: int):
     """The streaming torch module of a BN-folded streamable TCResNet (torch imported lazily: the tests
-    of the exported files run without torch)."""
+    of the exported files run without torch).
+
+    Time-major throughout (`[N, T, C]`, as the frames arrive). A hop computes only 1-8 output
+    columns per layer, so each conv is written as its im2col: one Gather of the taps of every new
+    output column from `concat(state, new columns)`, then one MatMul with the weights `[K * Cin,
+    Cout]`. ONNX Runtime runs a MatMul over the whole batch as one GEMM (`N * columns` rows), where a
+    Conv would run one tiny GEMM per stream."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
     spec = folded.spec
@@ -110,41 +116,76 @@ def build(folded, hop: int):
     total = spec.total_stride()
     final_grid = min(total, hop)
 
+    class Im2colConv(nn.Module):
+        def __init__(self, conv, p: ConvPlan, new_in: int):
+            super().__init__()
+            self.p = p
+            cout, cin, k = conv.weight.shape
+            # W[o, c, k] -> rows (k, c): matches the gathered [N, n_out, K, Cin] flattened.
+            self.register_buffer("w", conv.weight.detach().permute(2, 1, 0).reshape(k * cin, cout).contiguous())
+            self.register_buffer("b", conv.bias.detach().clone())
+            self.n_out = (new_in - p.stride) // p.stride + 1
+            span = p.state_columns + new_in
+            idx = [j * p.stride + t * p.dilation for j in range(self.n_out) for t in range(p.kernel)]
+            # The last output's last tap is the last column: every grid ends at the hop's end.
+            assert idx[-1] == span - 1, (p, new_in, idx[-1], span)
+            self.register_buffer("idx", torch.tensor(idx, dtype=torch.long))
+
+        def forward(self, x, state):
+            full = torch.cat([state, x], dim=1)
+            taps = full.index_select(1, self.idx)  # [N, n_out * K, Cin]
+            cols = taps.reshape(taps.shape[0], self.n_out, self.p.kernel * taps.shape[2])
+            # Static (negative) slice bounds, so the exported graph's state shapes are static too.
+            return torch.matmul(cols, self.w) + self.b, full[:, -self.p.state_columns:]
+
+    class Pointwise(nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.register_buffer("w", conv.weight.detach()[:, :, 0].t().contiguous())
+            self.register_buffer("b", conv.bias.detach().clone())
+
+        def forward(self, x):
+            return torch.matmul(x, self.w) + self.b
+
     class Streaming(nn.Module):
         def __init__(self):
             super().__init__()
-            self.stem = folded.stem[0][0]
-            self.blocks = folded.blocks
-            self.fc = folded.fc
-
-        @staticmethod
-        def step(conv, p: ConvPlan, x, state):
-            full = torch.cat([state, x], dim=2)
-            y = F.conv1d(full, conv.weight, conv.bias, stride=p.stride, dilation=p.dilation)
-            # Static (negative) slice bounds, so the exported graph's state shapes are static too.
-            return y, full[:, :, -p.state_columns:]
+            layers, shortcuts, strides = [], [], []
+            new_in = hop
+            layers.append(Im2colConv(folded.stem[0][0], convs[0], new_in))
+            for i, blk in enumerate(folded.blocks):
+                c1 = Im2colConv(blk.conv1[0], convs[1 + 2 * i], layers[-1].n_out)
+                c2 = Im2colConv(blk.conv2[0], convs[2 + 2 * i], c1.n_out)
+                layers += [c1, c2]
+                shortcuts.append(None if blk.shortcut is None else Pointwise(blk.shortcut[0][0]))
+                strides.append(convs[1 + 2 * i].stride)
+            self.layers = nn.ModuleList(layers)
+            self.shortcuts = nn.ModuleList([m if m is not None else nn.Identity() for m in shortcuts])
+            self.has_shortcut = [m is not None for m in shortcuts]
+            self.strides = strides
+            self.fc_w = nn.Parameter(folded.fc.weight.detach().t().contiguous(), requires_grad=False)
+            self.fc_b = nn.Parameter(folded.fc.bias.detach().clone(), requires_grad=False)
 
         def forward(self, frames, *states):
-            x = frames.transpose(1, 2)
             new = []
-            x, s = self.step(self.stem, convs[0], x, states[0])
+            x, s = self.layers[0](frames, states[0])
             x = torch.relu(x)
             new.append(s)
-            for i, blk in enumerate(self.blocks):
-                p1, p2 = convs[1 + 2 * i], convs[2 + 2 * i]
-                z, s1 = self.step(blk.conv1[0], p1, x, states[1 + 2 * i])
-                y, s2 = self.step(blk.conv2[0], p2, torch.relu(z), states[2 + 2 * i])
-                skip = x[:, :, p1.stride - 1::p1.stride]
-                if blk.shortcut is not None:
-                    skip = torch.relu(blk.shortcut[0][0](skip))
+            for i in range(len(self.strides)):
+                z, s1 = self.layers[1 + 2 * i](x, states[1 + 2 * i])
+                y, s2 = self.layers[2 + 2 * i](torch.relu(z), states[2 + 2 * i])
+                st = self.strides[i]
+                skip = x[:, st - 1::st]
+                if self.has_shortcut[i]:
+                    skip = torch.relu(self.shortcuts[i](skip))
                 x = torch.relu(y + skip)
                 new += [s1, s2]
-            full = torch.cat([states[-1], x], dim=2)
+            full = torch.cat([states[-1], x], dim=1)
             step = total // final_grid
-            cols = [full[:, :, -1 - j * step:(-j * step) or None] for j in range(spec.pool)]
-            pooled = torch.cat(cols, dim=2).mean(dim=2)
-            new.append(full[:, :, -pool_cols:])
-            return (torch.softmax(self.fc(pooled), dim=1), *new)
+            rows = [full[:, -1 - j * step:(-j * step) or None] for j in range(spec.pool)]
+            pooled = torch.cat(rows, dim=1).mean(dim=1)
+            new.append(full[:, -pool_cols:])
+            return (torch.softmax(torch.matmul(pooled, self.fc_w) + self.fc_b, dim=1), *new)
 
     return Streaming().eval()
 
@@ -263,6 +304,8 @@ def quantize_stream(fp32: Path, int8: Path, batches: list[dict], spec) -> None:
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[spec.method]
     extra = {"CalibPercentile": 99.999} if spec.method == "percentile" else {}
+    # The streaming graph's convolutions are MatMuls (im2col, see `build`).
+    ops = None if OPS[spec.ops] is None else OPS[spec.ops] + ["MatMul"]
     with tempfile.TemporaryDirectory() as d:
         pre = Path(d) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
@@ -272,7 +315,7 @@ def quantize_stream(fp32: Path, int8: Path, batches: list[dict], spec) -> None:
                         weight_type=QuantType.QUInt8 if spec.scheme == "u8u8" else QuantType.QInt8,
                         per_channel=True, reduce_range=spec.scheme == "u8s8-rr",
                         calibrate_method=method, nodes_to_exclude=keep_float, extra_options=extra,
-                        op_types_to_quantize=OPS[spec.ops])
+                        op_types_to_quantize=ops)
 
 
 # ------------------------------------------------------------------------------------------------
