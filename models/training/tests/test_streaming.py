@@ -2,8 +2,8 @@
 the windowed graph's on the same windows, from the first full window on.
 
 `models/tc-resnet8-stream` ships both graphs of the same weights: `model.onnx` / `model.int8.onnx`
-(windowed, [N, 98, 40]) and `model.stream.onnx` / `model.stream.int8.onnx` (frames [N, hop, 40] plus
-one state tensor per layer, `kws_train.streaming`).
+(windowed, [N, 98, 40]) and `model.stream.onnx` (frames [N, hop, 40] plus one state tensor per layer,
+`kws_train.streaming`; no int8 streaming graph in 2.0.0, see models/README.md).
 
 Run: python -m pytest models/training/tests (numpy, onnxruntime, pytest; see requirements-ci.txt).
 """
@@ -56,7 +56,7 @@ def test_streaming_section_matches_files_and_graph():
     hop = st["hop_frames"]
     assert (st["lead_frames"], st["first_valid_call"]) == (lead_frames(hop), first_valid_call(hop))
     assert st["input"]["shape"] == [-1, hop, 40]
-    assert set(st["files"]) == {"fp32", "int8"}
+    assert set(st["files"]) <= {"fp32", "int8"} and "fp32" in st["files"]
     for variant, f in st["files"].items():
         data = (MODEL_DIR / f["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == f["sha256"], variant
@@ -78,6 +78,8 @@ def test_streaming_section_matches_files_and_graph():
 def test_streaming_equals_windowed(variant):
     m = manifest()
     st = m["streaming"]
+    if variant not in st["files"]:
+        pytest.skip(f"no {variant} streaming graph shipped")
     hop = st["hop_frames"]
     windowed = session(MODEL_DIR / m["files"][variant]["path"])
     streaming = session(MODEL_DIR / st["files"][variant]["path"])
