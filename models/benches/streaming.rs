@@ -1,7 +1,9 @@
 //! Streaming scoring cost per hop: one `OnnxStreamScorer::score` call of N streams (N = 1, 8, 64,
 //! 256), fp32 and int8, 1 intra-op thread, against the windowed graph of the same weights scoring the
 //! same N streams' windows (one window per stream per hop). Criterion's per-element time is the cost
-//! per hop per stream. Model: `KWS_BENCH_MODEL` (default `tc-resnet8-stream`). Needs the ONNX Runtime
+//! per hop per stream. Model: `KWS_BENCH_MODEL` (default `tc-resnet8-stream`; a model directory
+//! relative to the crate, or an absolute path); variants without a streaming graph (or a model without
+//! a streaming section, e.g. `tc-resnet8`) are benchmarked windowed only. Needs the ONNX Runtime
 //! library (KWS_ORT_LIB or .ort/<arch>/libonnxruntime.so).
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -36,26 +38,32 @@ fn streaming(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group(format!("hop/{model}"));
     for variant in ["fp32", "int8"] {
-        let mut s = OnnxStreamScorer::new(&manifest, variant, &opts).unwrap();
         let mut w = OnnxScorer::new(&manifest, variant, &opts).unwrap();
-        let layout = s.layout().clone();
+        let streams = manifest
+            .streaming
+            .as_ref()
+            .is_some_and(|s| s.files.contains_key(variant));
+        let mut s = streams.then(|| OnnxStreamScorer::new(&manifest, variant, &opts).unwrap());
         for n in [1usize, 8, 64, 256] {
-            let frames = values(n * layout.frame_values());
-            // Realistic state values: what the graph leaves after a few hops of these frames.
-            let mut states = vec![0.0; n * layout.len];
-            let mut next = states.clone();
-            let mut probs = vec![0.0; n * s.num_classes()];
-            for _ in 0..60 {
-                s.score(&frames, &states, &mut next, &mut probs).unwrap();
-                std::mem::swap(&mut states, &mut next);
-            }
+            let mut probs = vec![0.0; n * w.num_classes()];
             g.throughput(Throughput::Elements(n as u64));
-            g.bench_with_input(BenchmarkId::new(format!("{variant}/streaming"), n), &n, |b, _| {
-                b.iter(|| {
-                    s.score(black_box(&frames), black_box(&states), &mut next, &mut probs)
-                        .unwrap()
-                })
-            });
+            if let Some(s) = s.as_mut() {
+                let layout = s.layout().clone();
+                let frames = values(n * layout.frame_values());
+                // Realistic state values: what the graph leaves after a few hops of these frames.
+                let mut states = vec![0.0; n * layout.len];
+                let mut next = states.clone();
+                for _ in 0..60 {
+                    s.score(&frames, &states, &mut next, &mut probs).unwrap();
+                    std::mem::swap(&mut states, &mut next);
+                }
+                g.bench_with_input(BenchmarkId::new(format!("{variant}/streaming"), n), &n, |b, _| {
+                    b.iter(|| {
+                        s.score(black_box(&frames), black_box(&states), &mut next, &mut probs)
+                            .unwrap()
+                    })
+                });
+            }
             let windows = values(n * WINDOW_VALUES);
             g.bench_with_input(BenchmarkId::new(format!("{variant}/windowed"), n), &n, |b, _| {
                 b.iter(|| w.score(black_box(&windows), &mut probs).unwrap())
