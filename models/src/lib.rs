@@ -9,6 +9,10 @@
 //! probs ─▶ Spotter::apply ─▶ decoder (smoothing, thresholds, refractory) ─▶ Event
 //! ```
 //!
+//! A streamable model (manifest section `streaming`) replaces the ring and the window batch:
+//! `StreamingSpotter` keeps the model's state, and `StreamScorer` scores one 20-ms hop
+//! `[N, 2, 40]` of N streams with their states, giving the same posteriors on the same windows.
+//!
 //! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
 //! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
 //! returned. Per-stream state is about 20 KiB; models, FFT plans and tables are shared.
