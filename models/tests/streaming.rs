@@ -26,8 +26,8 @@ use std::path::PathBuf;
 
 use common::*;
 use kws_models::{
-    DecoderConfig, Encoding, Event, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat, Scorer, ScorerOptions,
-    Spotter, StreamConfig, StreamScorer, StreamingSpotter, WindowBatch, WindowMeta,
+    Encoding, Event, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat, Scorer, ScorerOptions, Spotter,
+    StreamConfig, StreamScorer, StreamingSpotter, WindowBatch, WindowMeta,
 };
 
 /// The bound for fp32: streaming == windowed from the first full window on.
@@ -57,15 +57,10 @@ fn streaming_variants(manifest: &Manifest) -> Vec<&'static str> {
 }
 
 fn config(manifest: &Manifest) -> StreamConfig {
-    StreamConfig {
-        format: PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap(),
-        hop_frames: manifest.streaming.as_ref().unwrap().hop_frames,
-        decoder: DecoderConfig {
-            smoothing_ms: manifest.decoder.smoothing_ms,
-            refractory_ms: manifest.decoder.refractory_ms,
-            thresholds: manifest.default_thresholds().into_iter().map(Some).collect(),
-        },
-    }
+    // The manifest's defaults (its hop is the streaming graph's) for s16 mono at 16 kHz.
+    let config = StreamConfig::from_manifest(manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
+    assert_eq!(config.hop_frames, manifest.streaming.as_ref().unwrap().hop_frames);
+    config
 }
 
 fn s16(x: &[f32]) -> Vec<u8> {
