@@ -282,6 +282,7 @@ pub fn apply_overrides(o: DecoderOverrides, c: &mut v1::StreamConfig) {
     c.no_smoothing = w.no_smoothing;
     c.refractory_ms = w.refractory_ms;
     c.no_refractory = w.no_refractory;
+    c.first_stage_only = w.first_stage_only;
 }
 
 /// The model as the report names it (`name` is the served name, `model:variant`).
@@ -305,6 +306,11 @@ pub struct FileScores {
     pub windows: Vec<(u64, u64, Vec<f32>)>,
     /// Audio processed, in ms (the summary's `audio_ms_processed`).
     pub audio_ms: u64,
+    /// The events the stream produced at its own settings, in order: (keyword index in `keywords`,
+    /// start_ms, end_ms). With a cascade, the verifier's accepted candidates.
+    pub events: Vec<(usize, u64, u64)>,
+    /// The stream ran the model's cascade (first stage + verifier).
+    pub cascade: bool,
 }
 
 /// Known-keyword labels of `item` for the server (others are dropped and counted).
@@ -451,6 +457,20 @@ async fn score_one_remote(
             .map(|w| (w.start_ms, w.end_ms, w.scores))
             .collect(),
         audio_ms: summary.audio_ms_processed,
+        events: collected
+            .events
+            .iter()
+            .map(|e| {
+                let k = keywords.iter().position(|k| *k == e.keyword).ok_or_else(|| {
+                    server(ClientError::Protocol(format!(
+                        "event for {:?}, not a keyword of the model",
+                        e.keyword
+                    )))
+                })?;
+                Ok((k, e.start_ms, e.end_ms))
+            })
+            .collect::<Result<_, EvalError>>()?,
+        cascade: resolved.cascade,
     };
     Ok((
         ModelId {
@@ -467,9 +487,10 @@ async fn score_one_remote(
 pub mod local {
     use std::path::Path;
 
+    use kws_models::spotter::PROCESS_PIECE_FRAMES;
     use kws_models::{
-        Encoding as MEncoding, Manifest, OnnxScorer, PcmFormat, ProcessError, ScorerOptions, Spotter,
-        StreamConfig, WindowBatch,
+        ClipScorer, Encoding as MEncoding, Manifest, OnnxScorer, PcmFormat, ProcessError, ScorerOptions,
+        Spotter, StreamConfig, Verifier, WindowBatch,
     };
 
     use super::{DecoderOverrides, EvalError, EvalItem, FileScores, ModelId};
@@ -480,6 +501,8 @@ pub mod local {
     pub struct LocalModel {
         manifest: Manifest,
         scorer: OnnxScorer,
+        /// The second stage, for a manifest with a `verifier` section.
+        verifier: Option<Verifier>,
         variant: String,
     }
 
@@ -495,9 +518,17 @@ pub mod local {
             };
             let scorer = OnnxScorer::new(&manifest, variant, &options)
                 .map_err(|e| EvalError::Local(format!("model {} ({variant}): {e}", model_dir.display())))?;
+            let verifier =
+                match &manifest.verifier {
+                    Some(_) => Some(Verifier::from_manifest(&manifest, &options).map_err(|e| {
+                        EvalError::Local(format!("model {} verifier: {e}", model_dir.display()))
+                    })?),
+                    None => None,
+                };
             Ok(Self {
                 manifest,
                 scorer,
+                verifier,
                 variant: variant.to_string(),
             })
         }
@@ -533,25 +564,41 @@ pub mod local {
                 config.decoder.smoothing_ms,
                 config.decoder.refractory_ms,
             );
+            let cascade = config.cascade.is_some();
             let mut spotter =
                 Spotter::new(config, m.num_classes()).map_err(|e| EvalError::Input(e.to_string()))?;
-            let mut batch = WindowBatch::new();
-            spotter
-                .push_pcm(&audio.data, &mut batch)
-                .map_err(|e| EvalError::Input(format!("{}: {e}", item.wav.display())))?;
-            spotter
-                .finish(&mut batch)
-                .map_err(|e| EvalError::Input(format!("{}: {e}", item.wav.display())))?;
             let n = m.keywords.len();
-            let mut windows = Vec::with_capacity(batch.len());
-            spotter
-                .score_windows(&mut self.scorer, &batch, |w, smoothed, _| {
-                    windows.push((w.start_ms, w.end_ms, smoothed[..n].to_vec()))
-                })
-                .map_err(|e| match e {
-                    ProcessError::Score(e) => EvalError::Local(format!("inference: {e}")),
-                    e => EvalError::Local(e.to_string()),
-                })?;
+            let mut windows = Vec::new();
+            let mut events = Vec::new();
+            let input = |e| EvalError::Input(format!("{}: {e}", item.wav.display()));
+            let local = |e| match e {
+                ProcessError::Score(e) => EvalError::Local(format!("inference: {e}")),
+                e => EvalError::Local(e.to_string()),
+            };
+            // Piece by piece, each scored (and its candidates verified) before the next, like a
+            // live stream: the cascade keeps only the recent audio (`kws_models::two_stage`).
+            let mut batch = WindowBatch::new();
+            let pieces = audio
+                .data
+                .chunks(PROCESS_PIECE_FRAMES * audio.format.frame_bytes());
+            for piece in pieces.map(Some).chain([None]) {
+                batch.clear();
+                match piece {
+                    Some(p) => spotter.push_pcm(p, &mut batch).map(|_| ()),
+                    None => spotter.finish(&mut batch),
+                }
+                .map_err(input)?;
+                let verifier = self.verifier.as_mut().map(|v| v as &mut dyn ClipScorer);
+                spotter
+                    .score_windows(
+                        &mut self.scorer,
+                        verifier.filter(|_| cascade),
+                        &batch,
+                        |w, smoothed| windows.push((w.start_ms, w.end_ms, smoothed[..n].to_vec())),
+                        |e| events.push((e.class, e.start_ms, e.end_ms)),
+                    )
+                    .map_err(local)?;
+            }
             Ok(FileScores {
                 keywords: m.keywords.clone(),
                 refractory_ms,
@@ -559,6 +606,8 @@ pub mod local {
                 smoothing_ms,
                 windows,
                 audio_ms: spotter.audio_ms_processed(),
+                events,
+                cascade,
             })
         }
     }
@@ -619,6 +668,24 @@ pub struct Report {
     pub grid: Vec<f32>,
     pub keywords: Vec<KeywordReport>,
     pub overall: KeywordReport,
+    /// The events the streams produced at their own settings (the model's operating point unless
+    /// overridden), all keywords together. The grid above decodes the first stage's scores; with
+    /// a cascade these events are the verifier's accepted candidates.
+    pub events: StreamEvents,
+}
+
+/// Counts of the streams' own events against the labels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvents {
+    /// The streams ran the model's cascade (first stage + verifier).
+    pub cascade: bool,
+    pub tp: u64,
+    pub fp: u64,
+    #[serde(rename = "fn")]
+    pub fn_: u64,
+    pub recall: Option<f64>,
+    pub precision: Option<f64>,
+    pub fa_per_hour: f64,
 }
 
 fn ratio(a: u64, b: u64) -> Option<f64> {
@@ -697,8 +764,9 @@ pub fn evaluate(
     let mut fn_ = vec![vec![0u64; grid.len()]; n];
     let mut ignored = 0;
     let mut audio_ms = 0;
+    let mut own_counts = (0u64, 0u64, 0u64);
     for (item, s) in items.iter().zip(scores) {
-        if s.keywords != keywords || s.refractory_ms != first.refractory_ms {
+        if s.keywords != keywords || s.refractory_ms != first.refractory_ms || s.cascade != first.cascade {
             return Err(EvalError::Input(format!(
                 "{}: scored with other keywords or decoder settings than the first file",
                 item.wav.display()
@@ -716,6 +784,16 @@ pub fn evaluate(
                 None => ignored += 1,
             }
         }
+        let own: Vec<(usize, u64)> = s
+            .events
+            .iter()
+            .map(|&(k, start, end)| (k, kws_models::eval::event_time(start, end)))
+            .collect();
+        let labels_or_none: &[Label] = if item.negative { &[] } else { &labels };
+        let c = match_events(&own, labels_or_none, n, tolerance_ms);
+        own_counts.0 += c.tp.iter().sum::<u64>();
+        own_counts.1 += c.fp.iter().sum::<u64>();
+        own_counts.2 += c.fn_.iter().sum::<u64>();
         let mut dec = GridDecoder::new(grid, &all, s.refractory_ms, usize::MAX);
         for (seq, (start_ms, end_ms, smoothed)) in s.windows.iter().enumerate() {
             let w = WindowMeta {
@@ -755,6 +833,19 @@ pub fn evaluate(
         grid: grid.to_vec(),
         keywords: keyword_reports,
         overall,
+        events: StreamEvents {
+            cascade: first.cascade,
+            tp: own_counts.0,
+            fp: own_counts.1,
+            fn_: own_counts.2,
+            recall: ratio(own_counts.0, own_counts.0 + own_counts.2),
+            precision: ratio(own_counts.0, own_counts.0 + own_counts.1),
+            fa_per_hour: if hours > 0.0 {
+                own_counts.1 as f64 / hours
+            } else {
+                0.0
+            },
+        },
     })
 }
 
@@ -795,6 +886,28 @@ pub fn render_text(r: &Report) -> String {
     );
     if r.ignored_labels > 0 {
         let _ = writeln!(s, "{} labels of non-keywords ignored", r.ignored_labels);
+    }
+    let e = &r.events;
+    let _ = writeln!(
+        s,
+        "stream events ({}): {} hits, {} false alarms, {} misses; recall {}, precision {}, {:.1} FA/h",
+        if e.cascade {
+            "cascade: first stage + verifier"
+        } else {
+            "first stage"
+        },
+        e.tp,
+        e.fp,
+        e.fn_,
+        pct(e.recall),
+        pct(e.precision),
+        e.fa_per_hour
+    );
+    if e.cascade {
+        let _ = writeln!(
+            s,
+            "(the threshold grid below decodes the first stage's scores alone)"
+        );
     }
     for k in r.keywords.iter().chain(std::iter::once(&r.overall)) {
         let fps: u64 = k.points.iter().map(|p| p.fp).sum();
@@ -914,6 +1027,9 @@ mod tests {
                 })
                 .collect(),
             audio_ms: 1_800_000, // half an hour each
+            // The stream's own event (window 50: [1000, 2000) ms), fired in both files.
+            events: vec![(0, 1000, 2000)],
+            cascade: true,
         };
         let items = [
             EvalItem {
@@ -956,5 +1072,12 @@ mod tests {
         assert_eq!(yes.at_0_1_fa_per_hour.as_ref().map(|o| o.threshold), Some(0.6));
         assert_eq!(r.keywords[1].points[0].recall, None);
         assert_eq!(r.overall.points[0].fp, 1);
+        // The streams' own events: a hit on the positive file, a false alarm on the negative one.
+        let e = &r.events;
+        assert_eq!((e.cascade, e.tp, e.fp, e.fn_), (true, 1, 1, 0));
+        assert_eq!(
+            (e.recall, e.precision, e.fa_per_hour),
+            (Some(1.0), Some(0.5), 1.0)
+        );
     }
 }

@@ -139,9 +139,13 @@ struct DetectArgs {
     /// Keywords to report (comma-separated); default: all.
     #[arg(long, value_delimiter = ',')]
     keywords: Vec<String>,
-    /// Threshold override, KEYWORD=VALUE (repeatable).
+    /// Threshold override, KEYWORD=VALUE (repeatable). With a model's cascade: its verdict
+    /// threshold for that keyword.
     #[arg(long = "threshold", value_parser = parse_threshold)]
     thresholds: Vec<(String, f32)>,
+    /// For a model with a verifier: the first stage's events only (no cascade).
+    #[arg(long)]
+    first_stage_only: bool,
     /// Identifier for the server's logs.
     #[arg(long, default_value = "")]
     client_stream_id: String,
@@ -191,6 +195,9 @@ struct EvalArgs {
     smoothing_ms: Option<u32>,
     #[arg(long)]
     refractory_ms: Option<u32>,
+    /// For a model with a verifier: the first stage's events only (no cascade).
+    #[arg(long)]
+    first_stage_only: bool,
     /// Server mode: files streamed at once.
     #[arg(long, default_value_t = 2)]
     jobs: usize,
@@ -316,6 +323,7 @@ async fn detect(conn: &ConnArgs, a: DetectArgs) -> u8 {
     config.keywords = a.keywords.clone();
     config.thresholds = a.thresholds.iter().cloned().collect();
     config.client_stream_id = a.client_stream_id.clone();
+    config.first_stage_only = a.first_stage_only;
     let stream = match client.open(config).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -391,15 +399,17 @@ async fn detect(conn: &ConnArgs, a: DetectArgs) -> u8 {
                 events += 1;
                 let line = if a.json {
                     json!({"type": "event", "event_id": e.event_id, "keyword": e.keyword, "score": e.score,
-                        "start_ms": e.start_ms, "end_ms": e.end_ms,
+                        "verifier_score": e.verifier_score, "start_ms": e.start_ms, "end_ms": e.end_ms,
                         "received_ms": started.elapsed().as_millis() as u64})
                     .to_string()
                 } else {
                     format!(
-                        "{:>8.2} s  {:<8} score {:.3}  window {:.2}-{:.2} s  {}",
+                        "{:>8.2} s  {:<8} score {:.3}{}  window {:.2}-{:.2} s  {}",
                         e.end_ms as f64 / 1000.0,
                         e.keyword,
                         e.score,
+                        e.verifier_score
+                            .map_or(String::new(), |v| format!("  verifier {v:.3}")),
                         e.start_ms as f64 / 1000.0,
                         e.end_ms as f64 / 1000.0,
                         e.event_id
@@ -507,7 +517,15 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                     "default_smoothing_ms": m.default_smoothing_ms, "default_refractory_ms": m.default_refractory_ms,
                     "params": m.params, "flops": m.flops, "sha256": m.sha256, "is_default": m.is_default,
                     "runtime": m.runtime.as_ref().map(|r| json!({"cpu_arch": r.cpu_arch,
-                        "cpu_features": r.cpu_features, "int8_kernels": r.int8_kernels}))})
+                        "cpu_features": r.cpu_features, "int8_kernels": r.int8_kernels})),
+                    "verifier": m.verifier.as_ref().map(|v| json!({"head_path": v.head_path,
+                        "head_sha256": v.head_sha256, "mel_path": v.mel_path, "mel_sha256": v.mel_sha256,
+                        "embedding_path": v.embedding_path, "embedding_sha256": v.embedding_sha256,
+                        "first_stage_threshold": v.first_stage_threshold,
+                        "thresholds": v.thresholds.iter().map(|(k, t)| (k.clone(), json!(t)))
+                            .collect::<serde_json::Map<_, _>>(),
+                        "embeddings_per_view": v.embeddings_per_view, "centre_offset_ms": v.centre_offset_ms,
+                        "reject_gap_ms": v.reject_gap_ms, "licence": v.licence}))})
             })
             .collect();
         println!("{}", json!({"default_model": default, "models": list}));
@@ -551,6 +569,28 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                 "  server CPU: {} ({}), int8 kernels {}",
                 r.cpu_arch, r.cpu_features, r.int8_kernels
             );
+        }
+        if let Some(v) = &m.verifier {
+            let verdicts: Vec<String> = m
+                .keywords
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{k}={}",
+                        v.thresholds
+                            .get(k)
+                            .map_or("-".into(), |t| eval::fmt_threshold(f64::from(*t)))
+                    )
+                })
+                .collect();
+            println!(
+                "  cascade: candidates at >= {}, verifier {} ({} embeddings per view), verdicts: {}",
+                eval::fmt_threshold(f64::from(v.first_stage_threshold)),
+                v.head_path,
+                v.embeddings_per_view,
+                verdicts.join(" ")
+            );
+            println!("  verifier licence: {}", v.licence);
         }
     }
     0
@@ -602,6 +642,7 @@ async fn run_eval(conn: &ConnArgs, a: EvalArgs) -> u8 {
         hop_ms: a.hop_ms,
         smoothing_ms: a.smoothing_ms,
         refractory_ms: a.refractory_ms,
+        first_stage_only: a.first_stage_only,
     };
     let pb = bar(items.len() as u64, "files", a.no_progress);
     let scored = if a.local {

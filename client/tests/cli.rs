@@ -7,11 +7,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-/// (keyword, start_ms, end_ms) of the int8 model's events on the golden stream.
+/// (keyword, start_ms, end_ms) of the int8 model's default events on the golden stream.
 fn golden_stream_events() -> Vec<(String, u64, u64)> {
-    golden_json()["stream"]["events_int8"]
-        .as_array()
-        .unwrap()
+    golden_default_events()
         .iter()
         .map(|e| {
             (

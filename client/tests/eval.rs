@@ -117,6 +117,133 @@ async fn server_and_local_give_identical_reports() {
     assert!(png.len() > 5_000, "a DET chart, {} bytes", png.len());
 }
 
+/// A model whose manifest has a verifier (the kws-models fixture): the server's cascade and
+/// `--local`'s give the same report, events included; `--first-stage-only` turns it off in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cascade_gives_identical_reports_through_the_server_and_local() {
+    let mut c = test_config();
+    c.models.dir = repo().join("models/tests/fixtures");
+    c.models.serve = vec!["verifier:fp32".into()];
+    c.models.default = "verifier:fp32".into();
+    let server = TestServer::start_with(c).await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = path_arg(&write_manifest(dir.path()));
+    let fixture = repo().join("models/tests/fixtures/verifier");
+    let mut reports = Vec::new();
+    for first_stage_only in [false, true] {
+        let flag: &[&str] = if first_stage_only {
+            &["--first-stage-only"]
+        } else {
+            &[]
+        };
+        let (remote_json, local_json) = (
+            dir.path().join(format!("server-{first_stage_only}.json")),
+            dir.path().join(format!("local-{first_stage_only}.json")),
+        );
+        let mut remote_args = vec!["--addr", &addr, "eval", &manifest, "--json"];
+        let remote_path = path_arg(&remote_json);
+        remote_args.push(&remote_path);
+        remote_args.extend(flag);
+        let out = kws_client(args(&remote_args), None).await;
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let (fixture_arg, lib, local_path) =
+            (path_arg(&fixture), path_arg(&ort_lib()), path_arg(&local_json));
+        let mut local_args = vec![
+            "eval",
+            &manifest,
+            "--local",
+            "--model-dir",
+            &fixture_arg,
+            "--variant",
+            "fp32",
+            "--ort-lib",
+            &lib,
+            "--json",
+            &local_path,
+        ];
+        local_args.extend(flag);
+        let out = kws_client(args(&local_args), None).await;
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+        let read = |p: &std::path::Path| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+        };
+        let (remote, mut local) = (read(&remote_json), read(&local_json));
+        // The local report names the model by its manifest (the server by the directory it serves).
+        assert_eq!(local["model"]["name"], "tc-resnet8-verifier-test:fp32");
+        local["model"]["name"] = remote["model"]["name"].clone();
+        assert_eq!(
+            remote, local,
+            "server and --local reports differ (first_stage_only {first_stage_only})"
+        );
+        assert_eq!(remote["events"]["cascade"], !first_stage_only);
+        reports.push(remote);
+    }
+    // Both find the labelled keywords; the grid (first stage) is the same with and without the
+    // cascade, the events are not (the verifier rejects some candidates).
+    let (cascade, first) = (&reports[0], &reports[1]);
+    assert_eq!(cascade["overall"], first["overall"]);
+    assert!(
+        cascade["events"]["tp"].as_u64().unwrap() >= 2,
+        "{}",
+        cascade["events"]
+    );
+    assert!(
+        first["events"]["tp"].as_u64().unwrap() >= 2,
+        "{}",
+        first["events"]
+    );
+
+    // `models` shows the cascade; `detect` prints the verifier's score of each event.
+    let out = kws_client(args(&["--addr", &addr, "models"]), None).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "cascade: candidates at >= 0.70, verifier head-research-conv15k.onnx (9 embeddings per view)"
+        ),
+        "{text}"
+    );
+    let wav = path_arg(&golden("stream.wav"));
+    let out = kws_client(
+        args(&["--addr", &addr, "detect", &wav, "--json", "--no-progress"]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["type"] == "event")
+        .collect();
+    assert!(!events.is_empty());
+    assert!(
+        events
+            .iter()
+            .all(|e| e["verifier_score"].as_f64().is_some_and(|p| p >= 0.9)),
+        "{events:?}"
+    );
+    let out = kws_client(
+        args(&[
+            "--addr",
+            &addr,
+            "detect",
+            &wav,
+            "--json",
+            "--no-progress",
+            "--first-stage-only",
+        ]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\"verifier_score\":null"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eval_input_errors_exit_2_and_a_dead_server_exits_3() {
     let dir = tempfile::tempdir().unwrap();

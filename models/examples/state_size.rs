@@ -1,5 +1,6 @@
 //! Bytes of heap a `Spotter` allocates for its own state (the shared model, FFT plans and tables
-//! excluded), per input rate; and a `StreamingSpotter` of `tc-resnet8-stream` (model state and
+//! excluded), per input rate, without and with the cascade of the test fixture's manifest (the
+//! research verifier head); and a `StreamingSpotter` of `tc-resnet8-stream` (model state and
 //! pending frames instead of the 98-frame ring) at 16 kHz.
 //! `cargo run --release -p kws-models --example state_size`
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
@@ -9,7 +10,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use kws_models::frontend::mfcc;
 use kws_models::{
-    DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, StreamingSpotter, WindowBatch,
+    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, StreamingSpotter,
+    WindowBatch,
 };
 
 struct Counting;
@@ -33,7 +35,18 @@ static A: Counting = Counting;
 fn main() {
     // Build the shared tables and this thread's scratch first: they are not per-stream state.
     let _ = mfcc(&[0.0; 16_000]);
-    for rate in [16_000u32, 48_000, 44_100, 8_000] {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier");
+    let cascade = CascadeSettings::from_manifest(&Manifest::load(fixture).unwrap());
+    for (rate, cascade) in [16_000u32, 48_000, 44_100, 8_000]
+        .into_iter()
+        .map(|r| (r, None))
+        .chain([(16_000, cascade)])
+    {
+        let with = if cascade.is_some() {
+            " with the cascade"
+        } else {
+            ""
+        };
         let fmt = PcmFormat::new(Encoding::S16Le, rate, 1).unwrap();
         let cfg = StreamConfig {
             format: fmt,
@@ -43,6 +56,7 @@ fn main() {
                 refractory_ms: 1000,
                 thresholds: vec![Some(0.5); 10],
             },
+            cascade,
         };
         // Warm up this rate's one-off allocations (FFT plans are cached per size), then measure.
         let mut warm = Spotter::new(cfg.clone(), 12).unwrap();
@@ -56,7 +70,7 @@ fn main() {
         drop(batch);
         let after = LIVE.load(Ordering::SeqCst);
         println!(
-            "{rate} Hz: {} bytes ({:.1} KiB) of state per Spotter",
+            "{rate} Hz{with}: {} bytes ({:.1} KiB) of state per Spotter",
             after - before,
             (after - before) as f64 / 1024.0
         );

@@ -68,6 +68,9 @@ pub struct Event {
     pub start_ms: u64,
     /// End of the firing window, ms on the stream's own audio clock.
     pub end_ms: u64,
+    /// With a cascade: the verifier's probability of the keyword (`score` is then the first
+    /// stage's smoothed score of the candidate window). `None`: a first-stage event.
+    pub verifier_score: Option<f32>,
 }
 
 /// Streaming decoder state: a ring of the last `S` posterior vectors. About 1 KiB at the defaults.
@@ -153,6 +156,7 @@ impl Decoder {
             score,
             start_ms,
             end_ms,
+            verifier_score: None,
         })
     }
 }

@@ -45,6 +45,9 @@ pub enum ConfigError {
     NoKeywords { known: String },
     #[error("resampler for {rate} Hz could not be built: {reason}")]
     Resampler { rate: u32, reason: String },
+    /// The cascade's settings are out of range (e.g. a verdict threshold).
+    #[error("{0}")]
+    Cascade(String),
 }
 
 /// A chunk of audio that cannot be decoded. Nothing of the chunk is consumed.

@@ -7,6 +7,8 @@
 //!          ─▶ frontend (incremental MFCC, 40 x 10 ms) ─▶ 98-frame ring ─▶ WindowBatch [N, 98, 40]
 //! WindowBatch ─▶ Scorer (ONNX Runtime, batched across streams) ─▶ probs [N, 12]
 //! probs ─▶ Spotter::apply ─▶ decoder (smoothing, thresholds, refractory) ─▶ Event
+//!       └▶ with a verifier: smoothed ─▶ cascade ─▶ candidate ─▶ Spotter::ready_clip (16-kHz samples)
+//!          ─▶ ClipScorer (Verifier, batched across streams) ─▶ Spotter::verdict ─▶ Event
 //! ```
 //!
 //! A streamable model (manifest section `streaming`) replaces the ring and the window batch:
@@ -15,7 +17,8 @@
 //!
 //! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
 //! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
-//! returned. Per-stream state is about 20 KiB; models, FFT plans and tables are shared.
+//! returned. Per-stream state is about 20 KiB (a cascade adds its 76-KiB sample ring); models, FFT
+//! plans and tables are shared.
 //!
 //! # Layout
 //! - [`pcm`]: decoding and validation of raw chunks.
@@ -30,8 +33,11 @@
 //!   manifest and a client's overrides) and [`Spotter::score_windows`] (scoring pending windows in
 //!   order), the rules the service and `kws-client eval --local` share.
 //! - [`verifier`]: the second stage's audio geometry and its scorer ([`Verifier`], feature `onnx`):
-//!   a head on `speech_embedding` features re-scores candidates (not wired into [`Spotter`] yet).
+//!   a head on `speech_embedding` features re-scores candidates.
 //! - [`cascade`]: the cascade decision rule (first-stage candidates, late verdicts, events).
+//! - [`two_stage`]: the cascade inside a [`Spotter`] (when the manifest has a verifier): a ring of
+//!   the stream's 16-kHz samples, candidates' clips ([`Spotter::ready_clip`]) and verdicts
+//!   ([`Spotter::verdict`]).
 //! - [`streaming`]: streaming (external-state) models: [`StreamingSpotter`] keeps the model state
 //!   instead of a 98-frame ring, [`StreamScorer`] scores one hop of many streams per call.
 
@@ -49,6 +55,7 @@ pub mod resample;
 pub mod scorer;
 pub mod spotter;
 pub mod streaming;
+pub mod two_stage;
 pub mod verifier;
 
 pub use cascade::{Candidate, Cascade, CascadeConfig, CascadeError, CascadeEvent, Resolution};
@@ -60,11 +67,13 @@ pub use scorer::Scorer;
 #[cfg(feature = "onnx")]
 pub use scorer::{OnnxScorer, ScorerOptions};
 pub use spotter::{
-    DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta, WireOverrides,
+    ApplyError, DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta,
+    WireOverrides,
 };
 #[cfg(feature = "onnx")]
 pub use streaming::OnnxStreamScorer;
 pub use streaming::{StateLayout, StreamScorer, StreamingSpec, StreamingSpotter};
+pub use two_stage::{CascadeSettings, ClipScorer, ReadyClip};
 #[cfg(feature = "onnx")]
 pub use verifier::Verifier;
 pub use verifier::{Clip, ClipRange, VerifyError, View};

@@ -18,6 +18,7 @@
 
 use std::cell::RefCell;
 
+use crate::cascade::CascadeError;
 use crate::decoder::{Decoder, DecoderConfig, Event};
 use crate::error::{AudioError, ConfigError, ScoreError};
 use crate::frontend::{FRAME_MS, MS_PER_FRAME, MfccFrontend, NUM_MFCC, WINDOW_FRAMES, WINDOW_VALUES};
@@ -25,12 +26,16 @@ use crate::manifest::Manifest;
 use crate::pcm::{Encoding, PcmFormat};
 use crate::resample::StreamResampler;
 use crate::scorer::Scorer;
+use crate::two_stage::{CascadeSettings, ClipScorer, ReadyClip, SecondStage};
+use crate::verifier::VerifyError;
 
 /// Input frames decoded and resampled per step, bounding the transient buffers whatever the chunk size.
 const PIECE_FRAMES: usize = 1024;
 /// Most windows per scorer call in [`Spotter::score_windows`] (bounds the posterior buffer; the
 /// service batches through its own batcher instead).
 pub const SCORE_CHUNK_WINDOWS: usize = 256;
+/// Input frames per piece in [`Spotter::process_pcm_with`] (256 ms at 16 kHz).
+pub const PROCESS_PIECE_FRAMES: usize = 4096;
 /// Hops accepted, in ms: whole frames, at most one window.
 pub const HOP_MS_RANGE: std::ops::RangeInclusive<u32> = MS_PER_FRAME..=WINDOW_FRAMES as u32 * MS_PER_FRAME;
 
@@ -45,6 +50,8 @@ pub struct DecoderOverrides {
     pub smoothing_ms: Option<u32>,
     /// Refractory period in ms, 0..=10000.
     pub refractory_ms: Option<u32>,
+    /// Events from the first stage alone (decoder thresholds), even when the model has a verifier.
+    pub first_stage_only: bool,
 }
 
 /// [`DecoderOverrides`] as `kws.v1.StreamConfig` carries them: 0 = the model's default, and a
@@ -57,6 +64,7 @@ pub struct WireOverrides {
     pub no_smoothing: bool,
     pub refractory_ms: u32,
     pub no_refractory: bool,
+    pub first_stage_only: bool,
 }
 
 impl From<WireOverrides> for DecoderOverrides {
@@ -66,6 +74,7 @@ impl From<WireOverrides> for DecoderOverrides {
             hop_ms: (w.hop_ms != 0).then_some(w.hop_ms),
             smoothing_ms: field(w.smoothing_ms, w.no_smoothing),
             refractory_ms: field(w.refractory_ms, w.no_refractory),
+            first_stage_only: w.first_stage_only,
         }
     }
 }
@@ -85,6 +94,7 @@ impl From<DecoderOverrides> for WireOverrides {
             no_smoothing,
             refractory_ms,
             no_refractory,
+            first_stage_only: o.first_stage_only,
         }
     }
 }
@@ -96,10 +106,14 @@ pub struct StreamConfig {
     /// Frames (10 ms each) between scored windows, 1..=98.
     pub hop_frames: u32,
     pub decoder: DecoderConfig,
+    /// The cascade: events come from verified candidates instead of the decoder. `None`: the
+    /// decoder's events (first stage only).
+    pub cascade: Option<CascadeSettings>,
 }
 
 impl StreamConfig {
-    /// The manifest's defaults (hop, smoothing, refractory, thresholds, all keywords) for `format`.
+    /// The manifest's defaults (hop, smoothing, refractory, thresholds, all keywords, its cascade if
+    /// it has a verifier) for `format`.
     pub fn from_manifest(manifest: &Manifest, format: PcmFormat) -> Self {
         Self {
             format,
@@ -109,12 +123,22 @@ impl StreamConfig {
                 refractory_ms: manifest.decoder.refractory_ms,
                 thresholds: manifest.default_thresholds().into_iter().map(Some).collect(),
             },
+            cascade: CascadeSettings::from_manifest(manifest),
         }
     }
 
     /// The settings of a stream of `format` for the model of `manifest`: its defaults, with the
     /// `keywords` enabled (each at most once; empty = all), the `thresholds` given (by keyword, each
     /// in [0, 1]) and the decoder `overrides`. Errors name the offending value and what is accepted.
+    ///
+    /// With a verifier in the manifest (and no `first_stage_only`), the stream runs the cascade:
+    /// candidates at the manifest's `first_stage_threshold`, accepted at the verdict thresholds —
+    /// the manifest's `verifier.thresholds`, each replaced by the stream's own threshold for that
+    /// keyword if it gives one (the decoder's thresholds take the same overrides but decide no
+    /// event). The smoothing override changes the scores the cascade sees (the first stage's
+    /// smoothing); the refractory override is the cascade's refractory (after an accepted candidate);
+    /// disabled keywords are never candidates. `first_stage_only`: the decoder's events, as for a
+    /// model without a verifier.
     pub fn resolve<'a>(
         manifest: &Manifest,
         format: PcmFormat,
@@ -149,6 +173,7 @@ impl StreamConfig {
             enabled[i] = true;
         }
         let mut all = manifest.default_thresholds();
+        let mut thresholds_given = Vec::new();
         for (k, &v) in thresholds {
             let i = index("thresholds", k)?;
             if !(0.0..=1.0).contains(&v) {
@@ -158,6 +183,7 @@ impl StreamConfig {
                 });
             }
             all[i] = v;
+            thresholds_given.push((i, v));
         }
         let hop_frames = match overrides.hop_ms {
             None | Some(0) => manifest.window.default_hop_frames,
@@ -170,10 +196,22 @@ impl StreamConfig {
             thresholds: all.iter().zip(&enabled).map(|(t, e)| e.then_some(*t)).collect(),
         };
         decoder.validate(&manifest.keywords)?;
+        let cascade = if overrides.first_stage_only {
+            None
+        } else {
+            CascadeSettings::from_manifest(manifest).map(|mut c| {
+                for (k, v) in thresholds_given.iter() {
+                    c.config.thresholds[*k] = *v;
+                }
+                c.config.refractory_ms = decoder.refractory_ms;
+                c
+            })
+        };
         Ok(Self {
             format,
             hop_frames,
             decoder,
+            cascade,
         })
     }
 
@@ -264,6 +302,25 @@ pub struct OrderError {
     pub got: u64,
 }
 
+/// A window's scores or a verdict could not be applied. After an order error the stream's state is
+/// unchanged; after a cascade error (or a lost clip) the stream cannot go on: end it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// The cascade refused: a verdict for another candidate, or too many windows waiting for one
+    /// ([`CascadeError::Backlog`]: the verifier is not keeping up).
+    #[error(transparent)]
+    Cascade(#[from] CascadeError),
+    /// The clip of candidate `candidate` starts at sample `start`, which has left the ring (its
+    /// oldest sample is `oldest`): more audio was fed than [`Spotter::audio_room`] allowed while
+    /// its verdict or earlier windows were outstanding.
+    #[error(
+        "the clip of candidate {candidate} starts at sample {start}, but the stream keeps samples from {oldest} on: audio was fed faster than verdicts came back"
+    )]
+    ClipLost { candidate: u64, start: u64, oldest: u64 },
+}
+
 /// Errors of the offline [`Spotter::process`] path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProcessError {
@@ -272,9 +329,14 @@ pub enum ProcessError {
     #[error(transparent)]
     Score(#[from] ScoreError),
     /// The batch's windows were not the next ones to apply (windows of an earlier push were left
-    /// unscored).
+    /// unscored), or the cascade refused.
     #[error(transparent)]
-    Order(#[from] OrderError),
+    Apply(#[from] ApplyError),
+    #[error("verifier: {0}")]
+    Verify(#[from] VerifyError),
+    /// The stream runs a cascade but no verifier was given.
+    #[error("the stream's model has a verifier (cascade), but none was given to score its candidates")]
+    NoVerifier,
 }
 
 struct Scratch {
@@ -299,6 +361,7 @@ pub struct Spotter {
     next_seq: u64,
     next_apply: u64,
     finished: bool,
+    stage2: Option<SecondStage>,
 }
 
 impl std::fmt::Debug for Spotter {
@@ -308,18 +371,27 @@ impl std::fmt::Debug for Spotter {
             .field("hop_frames", &self.hop_frames)
             .field("frames", &self.frontend.frames())
             .field("windows", &self.next_seq)
+            .field("cascade", &self.stage2.is_some())
             .finish()
     }
 }
 
 impl Spotter {
     /// A stream for a model with `classes` outputs (keywords first). Allocates the state (~20 KiB at
-    /// 16 kHz; a resampler adds its own buffers for other rates).
+    /// 16 kHz; a resampler adds its own buffers for other rates; a cascade adds its sample ring,
+    /// ~76 KiB for the research head: [`crate::two_stage`]).
     pub fn new(config: StreamConfig, classes: usize) -> Result<Self, ConfigError> {
         if config.hop_frames == 0 || config.hop_frames as usize > WINDOW_FRAMES {
             return Err(ConfigError::Hop(config.hop_frames));
         }
         let resampler = StreamResampler::new(config.format.sample_rate())?;
+        let stage2 = match config.cascade {
+            Some(c) => {
+                let enabled: Vec<bool> = config.decoder.thresholds.iter().map(Option::is_some).collect();
+                Some(SecondStage::new(c, &enabled).map_err(|e| ConfigError::Cascade(e.to_string()))?)
+            }
+            None => None,
+        };
         let decoder = Decoder::new(config.decoder, classes, config.hop_frames)?;
         Ok(Self {
             format: config.format,
@@ -333,7 +405,98 @@ impl Spotter {
             next_seq: 0,
             next_apply: 0,
             finished: false,
+            stage2,
         })
+    }
+
+    /// The stream's cascade settings, if it runs one.
+    pub fn cascade(&self) -> Option<&CascadeSettings> {
+        self.stage2.as_ref().map(|s| &s.settings)
+    }
+
+    /// 16-kHz samples that can still be fed (through [`push_pcm`](Self::push_pcm)) before a sample
+    /// that a candidate may need leaves the ring; `u64::MAX` without a cascade. A caller that
+    /// scores asynchronously waits for its outstanding window scores and verdict while this is
+    /// shorter than its next chunk (at 16 kHz: the chunk's frames; other rates: frames × 16 000 /
+    /// rate, plus the resampler's block of up to 1 024 samples).
+    pub fn audio_room(&self) -> u64 {
+        self.stage2.as_ref().map_or(u64::MAX, SecondStage::room)
+    }
+
+    /// The candidate whose verdict is due, if any.
+    pub fn pending_candidate(&self) -> Option<&crate::cascade::Candidate> {
+        self.stage2.as_ref()?.pending.as_ref().map(|p| &p.candidate)
+    }
+
+    /// The pending candidate's clip, copied out of the ring, once all of its samples exist (or the
+    /// stream is finished: then the samples that exist); `None` if there is no candidate, its clip
+    /// is not complete yet, or it was handed out already (its verdict is awaited). Allocates the
+    /// clip (~90 KB; candidates are rare).
+    pub fn ready_clip(&mut self) -> Result<Option<ReadyClip>, ApplyError> {
+        let finished = self.finished;
+        let Some(st) = self.stage2.as_mut() else {
+            return Ok(None);
+        };
+        let written = st.ring.written();
+        let Some(p) = st.pending.filter(|p| !p.taken) else {
+            return Ok(None);
+        };
+        let range = if written >= p.range.end {
+            p.range
+        } else if finished {
+            st.final_range(p.range, written)
+        } else {
+            return Ok(None);
+        };
+        let mut audio = Vec::new();
+        st.ring
+            .copy(range.start, range.end, &mut audio)
+            .map_err(|oldest| ApplyError::ClipLost {
+                candidate: p.candidate.id,
+                start: range.start,
+                oldest,
+            })?;
+        let p = st.pending.as_mut().map(|p| {
+            p.taken = true;
+            p.candidate
+        });
+        Ok(p.map(|candidate| ReadyClip {
+            candidate,
+            start: range.start,
+            audio,
+            lead: range.lead,
+        }))
+    }
+
+    /// The verifier's probabilities (at least one per keyword) for candidate `id`, whose clip was
+    /// handed out by [`ready_clip`](Self::ready_clip). Returns the event if it is accepted; the
+    /// next candidate (from windows held meanwhile) may then be pending. Never allocates.
+    pub fn verdict(&mut self, id: u64, probs: &[f32]) -> Result<Option<Event>, ApplyError> {
+        let Some(st) = self.stage2.as_mut() else {
+            return Err(CascadeError::NotPending {
+                got: id,
+                pending: None,
+            }
+            .into());
+        };
+        if st.pending.is_some_and(|p| p.candidate.id == id && !p.taken) {
+            return Err(CascadeError::Config(format!(
+                "verdict for candidate {id} before its clip was handed out"
+            ))
+            .into());
+        }
+        let r = st.cascade.verdict(id, probs)?;
+        st.pending = None;
+        if let Some(c) = r.next {
+            st.set_pending(c);
+        }
+        Ok(r.event.map(|e| Event {
+            class: e.keyword,
+            score: e.score,
+            start_ms: e.start_ms,
+            end_ms: e.end_ms,
+            verifier_score: Some(e.verifier_score),
+        }))
     }
 
     pub fn format(&self) -> PcmFormat {
@@ -407,7 +570,10 @@ impl Spotter {
     }
 
     /// End of stream: flush the resampler (so every received sample reaches the frontend) and append
-    /// the last windows. Further pushes fail with [`AudioError::Finished`]. Idempotent.
+    /// the last windows. Further pushes fail with [`AudioError::Finished`]. Idempotent. With a
+    /// cascade, candidates' clips are from now on cut at the end of the audio
+    /// ([`ready_clip`](Self::ready_clip)): apply the last windows, then verify until no candidate
+    /// is pending.
     pub fn finish(&mut self, out: &mut WindowBatch) -> Result<(), AudioError> {
         if self.finished {
             return Ok(());
@@ -443,6 +609,9 @@ impl Spotter {
     }
 
     fn feed_frontend(&mut self, samples: &[f32], out: &mut WindowBatch) {
+        if let Some(st) = self.stage2.as_mut() {
+            st.ring.push(samples);
+        }
         let Self {
             frontend,
             ring,
@@ -475,16 +644,26 @@ impl Spotter {
     }
 
     /// Apply the posteriors of window `window` (which must be the next one: seq order) and return the
-    /// event it fires, if any. Never allocates.
-    pub fn apply(&mut self, window: &WindowMeta, probs: &[f32]) -> Result<Option<Event>, OrderError> {
+    /// event it fires, if any. With a cascade the decoder only smooths: the window's smoothed scores
+    /// go to the cascade, which may make it a candidate ([`ready_clip`](Self::ready_clip)), and
+    /// events come from [`verdict`](Self::verdict); this returns `None`. Never allocates.
+    pub fn apply(&mut self, window: &WindowMeta, probs: &[f32]) -> Result<Option<Event>, ApplyError> {
         if window.seq != self.next_apply {
             return Err(OrderError {
                 expected: self.next_apply,
                 got: window.seq,
-            });
+            }
+            .into());
         }
         self.next_apply += 1;
-        Ok(self.decoder.push(window.start_ms, window.end_ms, probs))
+        let event = self.decoder.push(window.start_ms, window.end_ms, probs);
+        match self.stage2.as_mut() {
+            None => Ok(event),
+            Some(st) => {
+                st.push(window.start_ms, window.end_ms, self.decoder.smoothed())?;
+                Ok(None)
+            }
+        }
     }
 
     /// Smoothed posteriors after the last [`apply`](Self::apply), for score traces.
@@ -493,46 +672,84 @@ impl Spotter {
     }
 
     /// Offline convenience: push all of `interleaved` (f32 samples at the stream's rate and channels),
-    /// finish, score every window with `scorer` and return the events. Allocates.
+    /// finish, score every window with `scorer` and return the events. A stream with a cascade
+    /// needs [`process_with`](Self::process_with). Allocates.
     pub fn process(
         &mut self,
         scorer: &mut dyn Scorer,
         interleaved: &[f32],
     ) -> Result<Vec<Event>, ProcessError> {
-        let mut batch = WindowBatch::new();
-        self.push_samples(interleaved, &mut batch)?;
-        self.finish(&mut batch)?;
-        self.score_and_apply(scorer, &batch)
+        self.process_with(scorer, None, interleaved)
     }
 
     /// [`process`](Self::process) for raw PCM bytes in the stream's format.
     pub fn process_pcm(&mut self, scorer: &mut dyn Scorer, bytes: &[u8]) -> Result<Vec<Event>, ProcessError> {
-        let mut batch = WindowBatch::new();
-        self.push_pcm(bytes, &mut batch)?;
-        self.finish(&mut batch)?;
-        self.score_and_apply(scorer, &batch)
+        self.process_pcm_with(scorer, None, bytes)
     }
 
-    fn score_and_apply(
+    /// [`process`](Self::process) with a verifier for the cascade's candidates (scored one at a
+    /// time, as soon as each clip is complete). The audio is fed in pieces of
+    /// [`PROCESS_PIECE_FRAMES`] input frames, each scored before the next, so that the cascade's
+    /// sample ring never runs ahead of its verdicts.
+    pub fn process_with(
         &mut self,
         scorer: &mut dyn Scorer,
-        batch: &WindowBatch,
+        verifier: Option<&mut dyn ClipScorer>,
+        interleaved: &[f32],
+    ) -> Result<Vec<Event>, ProcessError> {
+        let bytes: Vec<u8> = interleaved.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32_format = self.format.with_encoding(Encoding::F32Le);
+        let saved = std::mem::replace(&mut self.format, f32_format);
+        let r = self.process_pcm_with(scorer, verifier, &bytes);
+        self.format = saved;
+        r
+    }
+
+    /// [`process_with`](Self::process_with) for raw PCM bytes in the stream's format.
+    pub fn process_pcm_with(
+        &mut self,
+        scorer: &mut dyn Scorer,
+        mut verifier: Option<&mut dyn ClipScorer>,
+        bytes: &[u8],
     ) -> Result<Vec<Event>, ProcessError> {
         let mut events = Vec::new();
-        self.score_windows(scorer, batch, |_, _, event| events.extend(event))?;
+        let mut batch = WindowBatch::new();
+        self.format.validate(bytes)?;
+        for piece in bytes.chunks(PROCESS_PIECE_FRAMES * self.format.frame_bytes()) {
+            batch.clear();
+            self.push_pcm(piece, &mut batch)?;
+            let v: Option<&mut dyn ClipScorer> = match verifier {
+                Some(ref mut v) => Some(&mut **v),
+                None => None,
+            };
+            self.score_windows(scorer, v, &batch, |_, _| {}, |e| events.push(e.clone()))?;
+        }
+        batch.clear();
+        self.finish(&mut batch)?;
+        self.score_windows(scorer, verifier, &batch, |_, _| {}, |e| events.push(e.clone()))?;
         Ok(events)
     }
 
     /// Score the windows of `batch` with `scorer` (at most [`SCORE_CHUNK_WINDOWS`] per call), apply
-    /// them in order and hand `on_window` each window, the smoothed posteriors after it and the event
-    /// it fired. The windows must be the next ones to apply (else [`ProcessError::Order`]; what was
-    /// applied before the error stays applied). Allocates the posterior buffer.
+    /// them in order and hand `on_window` each window with the smoothed posteriors after it, and
+    /// `on_event` each event as it is decided: a first-stage event right after its window; with a
+    /// cascade, the candidates whose clips are complete are scored by `verifier` at once (required
+    /// then, else [`ProcessError::NoVerifier`]) and their events follow the window that completed
+    /// them, and once the stream is finished and every window applied, the last candidates are
+    /// verified on the samples that exist. The windows must be the next ones to apply (else
+    /// [`ProcessError::Apply`]; what was applied before the error stays applied). Allocates the
+    /// posterior buffer.
     pub fn score_windows(
         &mut self,
         scorer: &mut dyn Scorer,
+        mut verifier: Option<&mut dyn ClipScorer>,
         batch: &WindowBatch,
-        mut on_window: impl FnMut(&WindowMeta, &[f32], Option<Event>),
+        mut on_window: impl FnMut(&WindowMeta, &[f32]),
+        mut on_event: impl FnMut(&Event),
     ) -> Result<(), ProcessError> {
+        if self.stage2.is_some() && verifier.is_none() {
+            return Err(ProcessError::NoVerifier);
+        }
         let classes = scorer.num_classes();
         let mut probs = Vec::new();
         for (features, windows) in batch
@@ -544,7 +761,38 @@ impl Spotter {
             scorer.score(features, &mut probs)?;
             for (w, p) in windows.iter().zip(probs.chunks_exact(classes)) {
                 let event = self.apply(w, p)?;
-                on_window(w, self.smoothed(), event);
+                on_window(w, self.smoothed());
+                if let Some(e) = &event {
+                    on_event(e);
+                }
+                if let Some(v) = verifier.as_mut() {
+                    self.verify_ready(&mut **v, &mut on_event)?;
+                }
+            }
+        }
+        // Clips completed by this push's samples (windows of the next push need not exist).
+        if let Some(v) = verifier {
+            self.verify_ready(v, &mut on_event)?;
+        }
+        Ok(())
+    }
+
+    /// Verify every candidate whose clip is ready, one after the other (a verdict may make the next
+    /// candidate pending, whose clip may be ready too).
+    fn verify_ready(
+        &mut self,
+        verifier: &mut dyn ClipScorer,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<(), ProcessError> {
+        while let Some(clip) = self.ready_clip()? {
+            let probs = verifier.score_clips(&[clip.clip()])?;
+            let probs = probs.first().ok_or(VerifyError::ModelOutput {
+                model: "head",
+                got: 0,
+                want: crate::verifier::HEAD_CLASSES,
+            })?;
+            if let Some(e) = self.verdict(clip.candidate.id, probs)? {
+                on_event(&e);
             }
         }
         Ok(())
@@ -591,6 +839,7 @@ mod tests {
             hop_ms: Some(0),
             smoothing_ms: Some(0),
             refractory_ms: Some(250),
+            first_stage_only: false,
         };
         let c = resolve(&["stop", "yes"], &[("stop", 0.25)], o).expect("valid");
         assert_eq!(c.hop_frames, m.window.default_hop_frames, "hop 0 = default");
@@ -669,6 +918,7 @@ mod tests {
                         hop_ms,
                         smoothing_ms,
                         refractory_ms,
+                        first_stage_only: hop_ms == Some(20),
                     };
                     assert_eq!(DecoderOverrides::from(WireOverrides::from(o)), o);
                 }
@@ -708,11 +958,9 @@ mod tests {
     #[test]
     fn score_windows_applies_in_order_across_chunks_and_reports_order_errors() {
         let m = manifest();
-        let mut spotter = Spotter::new(
-            StreamConfig::from_manifest(&m, PcmFormat::native_s16()),
-            m.num_classes(),
-        )
-        .expect("spotter");
+        let mut config = StreamConfig::from_manifest(&m, PcmFormat::native_s16());
+        config.cascade = None; // the first stage's windows only
+        let mut spotter = Spotter::new(config, m.num_classes()).expect("spotter");
         let mut batch = WindowBatch::new();
         let samples: Vec<f32> = (0..16_000 * 8).map(|i| ((i % 97) as f32 / 97.0) - 0.5).collect();
         spotter.push_samples(&samples, &mut batch).expect("push");
@@ -720,13 +968,150 @@ mod tests {
         assert!(batch.len() > SCORE_CHUNK_WINDOWS, "spans several scorer calls");
         let mut seen = Vec::new();
         spotter
-            .score_windows(&mut Silence(m.num_classes()), &batch, |w, _, _| seen.push(w.seq))
+            .score_windows(
+                &mut Silence(m.num_classes()),
+                None,
+                &batch,
+                |w, _| seen.push(w.seq),
+                |_| {},
+            )
             .expect("scored");
         assert_eq!(seen, (0..batch.len() as u64).collect::<Vec<_>>());
         // The same windows again are not the next ones: refused, not skipped.
         let e = spotter
-            .score_windows(&mut Silence(m.num_classes()), &batch, |_, _, _| {})
+            .score_windows(&mut Silence(m.num_classes()), None, &batch, |_, _| {}, |_| {})
             .expect_err("order");
-        assert!(matches!(e, ProcessError::Order(_)), "{e:?}");
+        assert!(matches!(e, ProcessError::Apply(ApplyError::Order(_))), "{e:?}");
+    }
+
+    /// Scores every window as keyword 0 at 0.95.
+    struct Keyword0(usize);
+
+    impl Scorer for Keyword0 {
+        fn num_classes(&self) -> usize {
+            self.0
+        }
+        fn score(&mut self, _: &[f32], out: &mut [f32]) -> Result<(), ScoreError> {
+            for p in out.chunks_exact_mut(self.0) {
+                p.fill(0.05 / (self.0 - 1) as f32);
+                p[0] = 0.95;
+            }
+            Ok(())
+        }
+    }
+
+    fn cascaded() -> (Manifest, Spotter) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier");
+        let m = Manifest::load(dir).expect("fixture manifest");
+        let s = Spotter::new(
+            StreamConfig::from_manifest(&m, PcmFormat::native_s16()),
+            m.num_classes(),
+        )
+        .expect("spotter");
+        (m, s)
+    }
+
+    fn apply_all(s: &mut Spotter, batch: &WindowBatch, classes: usize) {
+        let mut probs = vec![0.0; batch.len() * classes];
+        Keyword0(classes)
+            .score(batch.features(), &mut probs)
+            .expect("scored");
+        for (w, p) in batch.windows().iter().zip(probs.chunks_exact(classes)) {
+            assert_eq!(s.apply(w, p).expect("applied"), None, "events come from verdicts");
+        }
+    }
+
+    #[test]
+    fn a_clip_that_left_the_ring_is_an_error_not_a_miscut() {
+        let (m, mut s) = cascaded();
+        let ring = crate::two_stage::ring_samples(s.cascade().expect("cascade")) as u64;
+        assert_eq!(ring, 38_880);
+        assert_eq!(s.audio_room(), ring);
+        // 5 s fed before any window is applied: the first window's clip (from sample 0) is gone.
+        let mut batch = WindowBatch::new();
+        s.push_samples(&vec![0.01; 80_000], &mut batch).expect("push");
+        apply_all(&mut s, &batch, m.num_classes());
+        assert_eq!(s.pending_candidate().map(|c| (c.id, c.end_ms)), Some((0, 1000)));
+        assert!(
+            matches!(
+                s.ready_clip(),
+                Err(ApplyError::ClipLost {
+                    candidate: 0,
+                    start: 0,
+                    oldest
+                }) if oldest == 80_000 - ring
+            ),
+            "refused"
+        );
+    }
+
+    #[test]
+    fn disabled_keywords_are_never_candidates() {
+        let (m, _) = cascaded();
+        let keywords = vec!["no".to_string()];
+        let c = StreamConfig::resolve(
+            &m,
+            PcmFormat::native_s16(),
+            &keywords,
+            [],
+            DecoderOverrides::default(),
+        )
+        .expect("config");
+        let mut s = Spotter::new(c, m.num_classes()).expect("spotter");
+        let mut batch = WindowBatch::new();
+        s.push_samples(&vec![0.01; 32_000], &mut batch).expect("push");
+        // Every window scores "yes" at 0.95, which this stream did not enable.
+        apply_all(&mut s, &batch, m.num_classes());
+        assert!(s.windows_applied() > 0);
+        assert_eq!(s.pending_candidate(), None);
+        let (_, mut all) = cascaded();
+        apply_all(&mut all, &batch, m.num_classes());
+        assert!(all.pending_candidate().is_some(), "enabled, it is one");
+    }
+
+    #[test]
+    fn audio_room_keeps_every_clip_in_the_ring() {
+        let (m, mut s) = cascaded();
+        let piece = vec![0.01f32; 1600];
+        let mut batch = WindowBatch::new();
+        let mut fed = 0u64;
+        let mut clip = None;
+        // Feed 100 ms at a time while there is room, applying windows at once but never answering
+        // the candidate: feeding stops within the ring, the clip is intact.
+        while s.audio_room() >= piece.len() as u64 {
+            batch.clear();
+            s.push_samples(&piece, &mut batch).expect("push");
+            fed += piece.len() as u64;
+            apply_all(&mut s, &batch, m.num_classes());
+            if clip.is_none() {
+                clip = s.ready_clip().expect("in the ring");
+            }
+            assert!(fed < 20 * 16_000, "room never ran out");
+        }
+        let clip = clip.expect("the first candidate's clip was cut");
+        // Window [0, 1000) ms: the view starts 3 embeddings before the stream (lead 3).
+        assert_eq!(
+            (clip.start, clip.lead, clip.audio.len()),
+            (0, 3, crate::verifier::clip_samples(9 - 3))
+        );
+        assert!(
+            clip.audio
+                .iter()
+                .all(|&x| x == (0.01f32 * 32768.0).round() / 32768.0)
+        );
+        assert!(s.ready_clip().expect("no error").is_none(), "handed out once");
+        // Nothing beyond the ring from the clip's start (sample 0) was fed.
+        let ring = crate::two_stage::ring_samples(s.cascade().expect("cascade")) as u64;
+        assert!(
+            fed <= ring && fed + piece.len() as u64 > ring - 1280,
+            "fed {fed} of {ring}"
+        );
+        // A verdict for another candidate, or before a clip is handed out, is refused.
+        assert!(s.verdict(7, &[0.0; 12]).is_err());
+        let event = s.verdict(0, &[0.99; 12]).expect("verdict");
+        assert_eq!(
+            event.map(|e| (e.class, e.end_ms, e.verifier_score)),
+            Some((0, 1000, Some(0.99)))
+        );
     }
 }

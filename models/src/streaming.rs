@@ -518,6 +518,14 @@ impl StreamingSpotter {
     /// A stream of `config` for a streaming model with `layout` and `classes` outputs. The stream's
     /// hop must be the model's (a streaming graph scores exactly its own hop).
     pub fn new(config: StreamConfig, classes: usize, layout: StateLayout) -> Result<Self, ConfigError> {
+        if config.cascade.is_some() {
+            // The cascade keeps a ring of the stream's samples beside the decoder (`two_stage`);
+            // not wired into the streaming pipeline yet.
+            return Err(ConfigError::Cascade(
+                "a streaming model's stream cannot run the verifier cascade yet: use the windowed model"
+                    .into(),
+            ));
+        }
         if config.hop_frames as usize != layout.hop_frames {
             return Err(ConfigError::StreamingHop {
                 got: config.hop_frames,
@@ -824,6 +832,7 @@ mod tests {
                 .expect("manifest");
         let mut config = StreamConfig::from_manifest(&manifest, PcmFormat::native_s16());
         config.hop_frames = 2;
+        config.cascade = None; // tc-resnet8's manifest may carry a verifier (see below)
         let audio: Vec<u8> = (0..16_000 * 2 + 1234)
             .flat_map(|i: i32| (((i * 7919) % 20_000 - 10_000) as i16).to_le_bytes())
             .collect();
@@ -853,6 +862,14 @@ mod tests {
             let r = reference.get_or_insert_with(|| windows.clone());
             assert_eq!(*r, windows);
         }
+        let mut c = config.clone();
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier");
+        c.cascade = crate::CascadeSettings::from_manifest(&crate::Manifest::load(fixture).unwrap());
+        assert!(c.cascade.is_some(), "the verifier fixture has a cascade");
+        assert!(matches!(
+            StreamingSpotter::new(c, 12, l.clone()),
+            Err(ConfigError::Cascade(_))
+        ));
         let mut c = config;
         c.hop_frames = 4;
         assert!(matches!(

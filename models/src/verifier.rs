@@ -1,9 +1,9 @@
 //! The second-stage verifier: a small head on Google's `speech_embedding` features re-scores the
 //! first stage's candidates (research: `training/kws_train/verifier.py`, `RESEARCH.md` "Lever 4/5").
 //!
-//! Not wired into [`crate::Spotter`] yet: this module gives the audio geometry of a candidate
-//! ([`View`], [`ClipRange`]) and the scorer ([`Verifier`], feature `onnx`); [`crate::cascade`] holds
-//! the decision rule.
+//! This module gives the audio geometry of a candidate ([`View`], [`ClipRange`]) and the scorer
+//! ([`Verifier`], feature `onnx`); [`crate::cascade`] holds the decision rule and
+//! [`crate::two_stage`] runs both inside a [`crate::Spotter`].
 //!
 //! # Geometry
 //!

@@ -256,6 +256,7 @@ fn stream(input: &Input, chunk: Option<usize>) -> Run {
         format: input.format,
         hop_frames: setup.hop_frames,
         decoder: setup.decoder.clone(),
+        cascade: None,
     };
     let mut spotter = Spotter::new(config, setup.classes).unwrap();
     let mut batch = WindowBatch::new();

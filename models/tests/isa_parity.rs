@@ -18,6 +18,9 @@
 //! cargo test -p kws-models --test isa_parity --target aarch64-unknown-linux-gnu    # compares
 //! ```
 //!
+//! The cascade (first stage + verifier inside a `Spotter`) gets the same treatment on a short
+//! stream with one candidate (`cascade_matches_across_isa_paths`, `cascade-<variant>.json`).
+//!
 //! qemu's TCG emulates AVX2 but not AVX-512, so the VNNI path is covered where the host has it (the
 //! reference run on a VNNI machine); on an AVX2 host the reference itself is the AVX2 path.
 //!
@@ -199,6 +202,94 @@ fn golden_stream_matches_across_isa_paths() {
             if !is_reference {
                 compare(&record, &read_reference(&model, variant));
             }
+        }
+    }
+}
+
+/// One path's cascade run (see [`cascade_matches_across_isa_paths`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct CascadeRecord {
+    path: String,
+    int8_kernels: String,
+    variant: String,
+    /// Candidates verified (all accepted: the verdict thresholds are 0).
+    candidates: usize,
+    /// (keyword, start_ms, end_ms, first-stage score, verifier score)
+    events: Vec<(usize, u64, u64, f32, f32)>,
+}
+
+/// The cascade of the verifier test fixture (TC-ResNet8 + the research head) on the first 1.6 s of
+/// the golden stream, every verdict threshold at 0: exactly one candidate ("yes", window 0-1000 ms,
+/// its clip cut at the stream start with lead 3: the cheapest clip, 6 embeddings, as the quick
+/// verifier test), accepted; the refractory period covers the rest. The first stage's variant is
+/// the run's (int8 on the emulated paths), the verifier fp32. Same events on every path, scores
+/// within the first stage's tolerance and the verifier's 1e-4 (`tests/verifier.rs`).
+#[test]
+fn cascade_matches_across_isa_paths() {
+    ort();
+    let path = path_name();
+    let kernels = kws_models::cpu::detect().int8_kernels;
+    let is_reference = std::env::var_os("KWS_ISA_PATH").is_none() && path == REFERENCE;
+    let fixture = crate_dir().join("tests/fixtures/verifier");
+    let manifest = kws_models::Manifest::load(&fixture).unwrap();
+    let options = kws_models::ScorerOptions::default();
+    let mut verifier = kws_models::Verifier::from_manifest(&manifest, &options).unwrap();
+    let audio = read_wav(&model_dir("tc-resnet8").join("golden").join("stream.wav"));
+    let audio = &audio[..25_600];
+    for variant in variants() {
+        let mut scorer = kws_models::OnnxScorer::new(&manifest, variant, &options).unwrap();
+        let mut config =
+            kws_models::StreamConfig::from_manifest(&manifest, kws_models::PcmFormat::native_s16());
+        let cascade = config.cascade.as_mut().expect("the fixture has a verifier");
+        cascade.config.thresholds = vec![0.0; manifest.keywords.len()];
+        let mut spotter = kws_models::Spotter::new(config, manifest.num_classes()).unwrap();
+        let events = spotter
+            .process_with(&mut scorer, Some(&mut verifier), audio)
+            .unwrap();
+        let record = CascadeRecord {
+            path: path.clone(),
+            int8_kernels: kernels.as_str().to_string(),
+            variant: variant.to_string(),
+            candidates: events.len(),
+            events: events
+                .iter()
+                .map(|e| (e.class, e.start_ms, e.end_ms, e.score, e.verifier_score.unwrap()))
+                .collect(),
+        };
+        assert_eq!(
+            record.events.iter().map(|e| (e.0, e.1, e.2)).collect::<Vec<_>>(),
+            [(0, 0, 1000)],
+            "{variant}: one candidate, accepted"
+        );
+        let file = parity_dir().join(&path).join(format!("cascade-{variant}.json"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, serde_json::to_string_pretty(&record).unwrap()).unwrap();
+        println!(
+            "cascade {variant} ({path}, {kernels}): {:?}, wrote {}",
+            record.events,
+            file.display()
+        );
+        if is_reference {
+            continue;
+        }
+        let reference = parity_dir()
+            .join(REFERENCE)
+            .join(format!("cascade-{variant}.json"));
+        let want: CascadeRecord =
+            serde_json::from_str(&std::fs::read_to_string(&reference).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}\nrun the native x86-64 test first (deploy/test-isa.sh)",
+                    reference.display()
+                )
+            }))
+            .unwrap();
+        assert_eq!(record.candidates, want.candidates, "{variant}: candidates");
+        for (g, w) in record.events.iter().zip(&want.events) {
+            assert_eq!((g.0, g.1, g.2), (w.0, w.1, w.2), "{variant}: event");
+            let (ds, dv) = ((g.3 - w.3).abs(), (g.4 - w.4).abs());
+            println!("cascade {variant} {path} vs {REFERENCE}: |Δ score| {ds:e}, |Δ verifier score| {dv:e}");
+            assert!(ds <= tol(variant), "{variant}: first-stage score differs by {ds}");
+            assert!(dv <= 1e-4, "{variant}: verifier score differs by {dv}");
         }
     }
 }

@@ -152,6 +152,7 @@ proptest! {
             format: fmt,
             hop_frames: 2,
             decoder: DecoderConfig { smoothing_ms: 100, refractory_ms: 500, thresholds: vec![Some(0.5); 10] },
+            cascade: None,
         };
         let mut s = Spotter::new(cfg, 12).unwrap();
         let mut batch = WindowBatch::new();

@@ -216,11 +216,21 @@ fn bad_clips_are_refused() {
 }
 
 #[test]
-fn shipped_manifests_have_no_verifier_section() {
+fn shipped_manifests_describe_their_cascade() {
+    // Models 2.0.0: every shipped manifest has a verifier section whose files are the shipped ones
+    // (checksums), and the cascade configuration is read from it.
     for dir in models() {
         let m = Manifest::load(&dir).unwrap();
-        assert!(m.verifier.is_none(), "{}", dir.display());
-        assert!(kws_models::CascadeConfig::from_manifest(&m).is_none());
+        let v = m
+            .verifier
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: no verifier section", dir.display()));
+        v.read_verified(m.dir()).unwrap();
+        let c = kws_models::CascadeConfig::from_manifest(&m).unwrap();
+        assert_eq!(c.first_stage_threshold, v.first_stage_threshold);
+        assert_eq!(c.thresholds, v.thresholds_for(&m.keywords));
+        assert_eq!(c.refractory_ms, m.decoder.refractory_ms);
+        assert!(!v.licence.trim().is_empty());
     }
     let m = Manifest::load(fixtures()).unwrap();
     let c = kws_models::CascadeConfig::from_manifest(&m).unwrap();
@@ -376,9 +386,11 @@ fn files_are_checked_when_loaded() {
         other => panic!("{other:?}"),
     }
     // A manifest without the section.
-    let m = Manifest::load(model_dir("tc-resnet8")).unwrap();
+    let (m, _tree) = load_edited("no-section", |m| {
+        m.as_object_mut().unwrap().remove("verifier");
+    });
     assert!(matches!(
-        Verifier::from_manifest(&m, &ScorerOptions::default()),
+        Verifier::from_manifest(&m.unwrap(), &ScorerOptions::default()),
         Err(RuntimeError::Model(ModelError::Manifest { .. }))
     ));
 }

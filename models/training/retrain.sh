@@ -16,6 +16,7 @@
 # (checked on every ISA path whose score_features binary is built: models/README.md, "int8 across
 # CPUs"; the others are skipped with a warning).
 # VALCORPUS=1 also builds the smaller research validation set in data/valcorpus.
+# VERIFIER=0 skips the second stage (the verifier head, the cascade's thresholds and golden; see the end).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -56,4 +57,36 @@ for m in "${MODELS[@]}"; do
     --validation-set "valcorpus --pos-minutes 30 --neg-minutes 100 --near-minutes 30"
   "$PY" -m kws_train.quant golden --model-dir "../$m" --config "configs/$m.toml"
 done
+
+# Second stage (models 2.0.0): the verifier head on the speech-embedding features (models/speech-embedding;
+# deploy/fetch-speech-embedding.sh re-extracts them), trained on 36 000 synthesized 2.3-s windows; then per
+# model the cascade's first-stage threshold (one of 0.9-0.99) and one verifier threshold for all keywords,
+# calibrated on the validation streams to 5 FA/h with the verifier run per candidate clip as the Rust crate
+# runs it, and the cascade golden. Several CPU hours on 2 cores (each 12 000-window run ~6 CPU min of
+# synthesis + embedding on an idle box, 40+ min wall under load). VERIFIER=0 skips it.
+if [ "${VERIFIER:-1}" = 1 ]; then
+  ENGINES=espeak,flite-kal16,flite-rms,festival-kal,freetts-kevin16,festival-it-lp,festival-it-pc,festival-cs-dita
+  ENGINES=$ENGINES,festival-cs-krb,festival-cs-machac,festival-cs-ph,festival-fi-lj,festival-fi-mv,festival-ru
+  ENGINES=$ENGINES,festival-ca-ona,festival-hi,festival-mr,festival-te,gnuspeech
+  "$PY" -m kws_train.synth --out data --engines gnuspeech
+  [ -f data/negspeech/gnuspeech.npz ] || "$PY" -m kws_train.negspeech --out data --minutes 3 --workers 2 --engines "$ENGINES"
+  mkdir -p data/mined runs/verifier
+  "$PY" -m kws_train.mine --data data --model ../tc-resnet8/model.int8.onnx --out data/mined/tc8-int8-0.3.jsonl \
+    --threshold 0.3 --spacing-ms 300
+  for s in 7 8 9; do
+    "$PY" -m kws_train.verifier windows --data data --config configs/research/v2-voices.toml \
+      --mined data/mined/tc8-int8-0.3.jsonl --out "runs/verifier/win-$s.npz" --count 12000 --seed "$s"
+  done
+  "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
+    --out runs/verifier/head --epochs 40 --arch conv --val-frac 0.1
+  for m in "${MODELS[@]}"; do
+    "$PY" -m kws_train.verifier clip-table --cache "runs/val2-cache-$m" --audio-dir data/valcorpus2 \
+      --head runs/verifier/head/head.onnx --min-t1 0.9 --out "runs/verifier/clips-val2-$m.npz"
+    "$PY" -m kws_train.calibrate --cache "runs/val2-cache-$m" --budget 5 --head runs/verifier/head/head.onnx \
+      --clip-table "runs/verifier/clips-val2-$m.npz" --t1 0.9,0.95,0.98,0.99 --single \
+      --grid 0.3,0.5,0.7,0.8,0.9,0.95,0.97,0.98,0.99,0.995,0.998,0.999 --write-manifest "../$m/manifest.json" \
+      --validation-set "valcorpus --pos-minutes 30 --neg-minutes 100 --near-minutes 30; verifier clip-table per candidate clip"
+    "$PY" -m kws_train.verifier_golden shipped --model-dir "../$m"
+  done
+fi
 "$PY" -m pytest -q tests

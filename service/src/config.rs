@@ -20,6 +20,7 @@ pub use crate::telemetry::LogFormat;
 pub struct Config {
     pub server: ServerConfig,
     pub batcher: BatcherConfig,
+    pub verifier: VerifierConfig,
     pub models: ModelsConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
@@ -221,6 +222,32 @@ impl Default for BatcherConfig {
             workers: 2,
             intra_threads: 1,
             queue_capacity: 1024,
+        }
+    }
+}
+
+/// The second stage of models whose manifest has a `verifier` section (others ignore it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifierConfig {
+    /// Verifier worker threads per served model (each with its own three ONNX Runtime sessions).
+    pub workers: usize,
+    /// Most candidate clips per verifier call (a worker takes what is queued, up to this; it never
+    /// waits for more: candidates are rare and each waits for its verdict). Default 1: measured on
+    /// x86-64 (models/README.md, "Second-stage verifier"), batching clips costs 20-30 % more CPU per
+    /// candidate, so under a burst, clips one by one are both cheaper and sooner; raise it where a
+    /// measurement on the target hardware shows batches pay.
+    pub max_batch: usize,
+    /// Candidate clips queued per model before streams wait to enqueue (~92 KB each).
+    pub queue_capacity: usize,
+}
+
+impl Default for VerifierConfig {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            max_batch: 1,
+            queue_capacity: 256,
         }
     }
 }
@@ -496,6 +523,9 @@ impl Config {
             ("batcher.workers", self.batcher.workers as u64),
             ("batcher.intra_threads", self.batcher.intra_threads as u64),
             ("batcher.queue_capacity", self.batcher.queue_capacity as u64),
+            ("verifier.workers", self.verifier.workers as u64),
+            ("verifier.max_batch", self.verifier.max_batch as u64),
+            ("verifier.queue_capacity", self.verifier.queue_capacity as u64),
             (
                 "evaluation.max_grid_events",
                 self.evaluation.max_grid_events as u64,
@@ -537,6 +567,14 @@ impl Config {
         }
         if self.batcher.max_batch > 4096 {
             return Err(bad("batcher.max_batch must be <= 4096"));
+        }
+        if self.verifier.max_batch > 256
+            || self.verifier.workers > 64
+            || self.verifier.queue_capacity > 65_536
+        {
+            return Err(bad(
+                "verifier.max_batch must be <= 256, verifier.workers <= 64 and verifier.queue_capacity <= 65536",
+            ));
         }
         if self.batcher.max_delay_us > 1_000_000 {
             return Err(bad("batcher.max_delay_us must be <= 1000000 (1 s)"));
@@ -653,6 +691,27 @@ mod tests {
                 .expect_err("0 workers")
                 .to_string()
                 .contains("batcher.workers")
+        );
+        type Edit = fn(&mut Config);
+        let cases: [(Edit, &str); 4] = [
+            (|c| c.verifier.workers = 0, "verifier.workers"),
+            (|c| c.verifier.max_batch = 0, "verifier.max_batch"),
+            (|c| c.verifier.max_batch = 257, "verifier.max_batch"),
+            (|c| c.verifier.queue_capacity = 0, "verifier.queue_capacity"),
+        ];
+        for (f, name) in cases {
+            let mut c = Config::default();
+            f(&mut c);
+            assert!(c.validate().expect_err(name).to_string().contains(name), "{name}");
+        }
+        let c: Config = toml::from_str("[verifier]\nworkers = 2\nmax_batch = 4\n").expect("parse");
+        assert_eq!(
+            (
+                c.verifier.workers,
+                c.verifier.max_batch,
+                c.verifier.queue_capacity
+            ),
+            (2, 4, 256)
         );
         let mut c = Config::default();
         c.models.serve = vec!["tc-resnet8".into()];

@@ -104,6 +104,15 @@ pub enum ServiceError {
     /// Missing, malformed or unknown bearer token; the message says which.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The model's verifier did not keep up with this stream's candidates (its backlog of windows
+    /// waiting for a verdict, or the samples a candidate's clip needs, ran out).
+    #[error(
+        "the verifier is not keeping up with this stream: {0}; the audio after the last event was not fully verified (send audio closer to real time, or use first_stage_only)"
+    )]
+    VerifierBehind(String),
+    /// The verifier could not score a candidate of this stream.
+    #[error("internal error: the verifier could not score a candidate: {0}")]
+    VerifierFailed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -124,6 +133,7 @@ impl ServiceError {
             | ServiceError::Ramping { .. }
             | ServiceError::CpuFull { .. }
             | ServiceError::Burst { .. }
+            | ServiceError::VerifierBehind(_)
             | ServiceError::SlowReader(_) => Code::ResourceExhausted,
             ServiceError::Draining => Code::Unavailable,
             ServiceError::FirstMessageTimeout(_) | ServiceError::Idle(_) | ServiceError::Lifetime(_) => {
@@ -131,7 +141,7 @@ impl ServiceError {
             }
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::Unauthenticated(_) => Code::Unauthenticated,
-            ServiceError::Internal(_) => Code::Internal,
+            ServiceError::Internal(_) | ServiceError::VerifierFailed(_) => Code::Internal,
         }
     }
 
@@ -158,6 +168,8 @@ impl ServiceError {
             | ServiceError::Lifetime(_)
             | ServiceError::NotFound(_)
             | ServiceError::Unauthenticated(_)
+            | ServiceError::VerifierBehind(_)
+            | ServiceError::VerifierFailed(_)
             | ServiceError::Internal(_) => None,
         }
     }

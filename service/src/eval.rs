@@ -3,6 +3,12 @@
 //! The matching rule and grid decoding are `kws_models::eval` (shared with `kws-client eval`); this
 //! module keeps a stream's labels and events and exports the counters when the stream ends (labels
 //! may arrive after the audio they describe). On a known-negative stream every event is a false alarm.
+//!
+//! With a cascade (a model with a verifier), the grid measures the **first stage** alone: its
+//! smoothed scores decoded at each grid threshold, as without a verifier (so the grid stays
+//! comparable across models and shows what the first stage proposes); the verifier runs only on
+//! the stream's own candidates and has no grid. The stream's own evaluation (`Summary.evaluation`:
+//! hits, misses, false alarms) counts the events the stream was sent, i.e. the cascade's.
 
 use kws_models::WindowMeta;
 use kws_models::eval::{GridDecoder, Label, event_time, match_events};
@@ -133,6 +139,13 @@ impl Evaluator {
             self.own.push((k, event_time(w.start_ms, w.end_ms)));
         }
         self.grid.observe(w, smoothed);
+    }
+
+    /// An event of the stream's cascade (decided by a verdict, after its window was observed).
+    pub fn own_event(&mut self, class: usize, start_ms: u64, end_ms: u64) {
+        if !self.grid.truncated() && end_ms <= self.covered_ms && self.own.len() < self.max_events {
+            self.own.push((class, event_time(start_ms, end_ms)));
+        }
     }
 
     /// End of stream: export the grid counters and return this stream's own evaluation (None unless

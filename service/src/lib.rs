@@ -8,6 +8,9 @@
 //!                                                                    one ONNX Runtime session each)
 //!                                                          ▼
 //!                              session: posteriors in order → decoder → events ══▶ client
+//!                                       └ model with a verifier: smoothed → cascade → candidate clip
+//!                              verify (per model): bounded queue ──▶ verifier workers (OS threads)
+//!                                       └ verdict → event ══▶ client
 //! ```
 //!
 //! # Layout
@@ -15,7 +18,8 @@
 //! - [`grpc`]: handlers; [`validation`]: every client message checked (`StreamConfig` →
 //!   `ValidStream`, labels, chunks); [`session`]: the per-stream task (its event loop, scoring in
 //!   order, the summary); [`response`]: the response stream (slow readers, summary delivery);
-//!   [`batcher`]: dynamic batching (`max_batch` windows at most per call).
+//!   [`batcher`]: dynamic batching (`max_batch` windows at most per call); [`verify`]: the
+//!   verifier's workers (candidate clips of all streams, batched) for models with a cascade.
 //! - [`registry`]: served models; [`eval`]: live evaluation on labelled streams; [`feedback`]: event ids.
 //! - [`telemetry`]: metric names and logging; [`shutdown`]: drain; [`server`]: wiring it together.
 //! - [`auth`]: bearer tokens (interceptor, reload); [`tls`]: TLS and mTLS settings.
@@ -46,3 +50,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod validation;
+pub mod verify;

@@ -2,17 +2,19 @@
 //! their public description.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use kws_models::frontend::MS_PER_FRAME;
 use kws_models::frontend::WINDOW_VALUES;
-use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
+use kws_models::{ClipScorer, Manifest, OnnxScorer, Scorer, ScorerOptions, Verifier};
 use kws_proto::v1;
 
 use crate::batcher::{Batcher, BatcherSettings};
 use crate::config::{Config, parse_model_spec};
 use crate::telemetry::names;
+use crate::verify::{VerifierPool, VerifierSettings};
 
 /// One model as served: `name` is what clients put in `StreamConfig.model` (`tc-resnet8:int8`).
 #[derive(Debug)]
@@ -21,6 +23,8 @@ pub struct ServedModel {
     pub variant: String,
     pub manifest: Manifest,
     pub batcher: Batcher,
+    /// The verifier of a model whose manifest has one (streams run the cascade unless they opt out).
+    pub verifier: Option<VerifierPool>,
     pub info: v1::ModelInfo,
 }
 
@@ -84,6 +88,16 @@ impl Registry {
             };
             let (batcher, h) = Batcher::start(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
             handles.extend(h);
+            let verifier = match &manifest.verifier {
+                None => None,
+                Some(_) => {
+                    let (pool, h) = load_verifier(spec, &manifest, config, &options)
+                        .map_err(|e| fail(format!("verifier: {e}")))?;
+                    handles.extend(h);
+                    crate::telemetry::register_verifier(spec, &manifest.keywords);
+                    Some(pool)
+                }
+            };
             let mut info = model_info(spec, &variant, &manifest);
             info.is_default = Some(spec) == default.as_ref();
             metrics::gauge!(names::MODEL_LOADED, "model" => spec.clone(), "variant" => variant.clone(),
@@ -98,6 +112,7 @@ impl Registry {
                     variant,
                     manifest,
                     batcher,
+                    verifier,
                     info,
                 }),
             );
@@ -133,6 +148,40 @@ impl Registry {
     pub fn names(&self) -> String {
         self.models.keys().cloned().collect::<Vec<_>>().join(", ")
     }
+}
+
+/// Start the verifier workers of `manifest` (one `Verifier` each, warmed up on a full batch of
+/// silent clips so that ONNX Runtime's arena reaches its size at start-up).
+fn load_verifier(
+    spec: &str,
+    manifest: &Manifest,
+    config: &Config,
+    options: &ScorerOptions,
+) -> Result<(VerifierPool, Vec<JoinHandle<()>>), String> {
+    let files = manifest
+        .verifier
+        .as_ref()
+        .ok_or("no verifier section")?
+        .read_verified(manifest.dir())
+        .map_err(|e| e.to_string())?;
+    let view = manifest.verifier.as_ref().map_or(0, |v| v.embeddings_per_view);
+    let settings = VerifierSettings {
+        max_batch: config.verifier.max_batch,
+        queue_capacity: config.verifier.queue_capacity,
+    };
+    let mut scorers: Vec<Box<dyn ClipScorer + Send>> = Vec::new();
+    let silence = vec![0.0f32; kws_models::verifier::clip_samples(view)];
+    for _ in 0..config.verifier.workers {
+        let mut v =
+            Verifier::new(&files, view, manifest.num_classes(), options).map_err(|e| e.to_string())?;
+        let clips = vec![kws_models::verifier::Clip::from(silence.as_slice()); settings.max_batch];
+        v.score_clips(&clips)
+            .map_err(|e| format!("warm-up batch of {} clips: {e}", settings.max_batch))?;
+        scorers.push(Box::new(v));
+    }
+    tracing::info!(model = %spec, workers = config.verifier.workers, max_batch = settings.max_batch,
+        "verifier loaded");
+    VerifierPool::start(spec, scorers, settings).map_err(|e| e.to_string())
 }
 
 /// The served name `requested` stands for: itself, or the one served `name:variant` of a bare name.
@@ -189,6 +238,29 @@ pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
         sha256: m.files.get(variant).map(|f| f.sha256.clone()).unwrap_or_default(),
         is_default: false,
         runtime: Some(runtime_info()),
+        verifier: m.verifier.as_ref().map(|v| {
+            let [mel, embedding, head] = v.paths(Path::new(""));
+            let path = |p: PathBuf| p.to_string_lossy().into_owned();
+            v1::Verifier {
+                head_path: path(head),
+                head_sha256: v.head.sha256.clone(),
+                mel_path: path(mel),
+                mel_sha256: v.features.mel.sha256.clone(),
+                embedding_path: path(embedding),
+                embedding_sha256: v.features.embedding.sha256.clone(),
+                first_stage_threshold: v.first_stage_threshold,
+                thresholds: m
+                    .keywords
+                    .iter()
+                    .cloned()
+                    .zip(v.thresholds_for(&m.keywords))
+                    .collect(),
+                embeddings_per_view: v.embeddings_per_view as u32,
+                centre_offset_ms: v.centre_offset_ms,
+                reject_gap_ms: v.reject_gap_ms,
+                licence: v.licence.clone(),
+            }
+        }),
     }
 }
 

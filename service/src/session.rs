@@ -11,6 +11,15 @@
 //! - the response buffer: sends wait up to `slow_reader_timeout`, then the stream ends with
 //!   RESOURCE_EXHAUSTED. Audio is never dropped: every chunk accepted is scored before the summary.
 //!
+//! Cascade streams (a model with a verifier, no `first_stage_only`): the applied windows propose
+//! candidates; once a candidate's clip is complete the session sends it to the model's verifier
+//! workers (`verify`, one candidate per stream at a time: the next depends on this verdict) and
+//! sends the event, if any, when the verdict comes back. Before feeding more audio it waits for its
+//! scores and verdict while the Spotter's sample ring has no room (`Spotter::audio_room`), so no
+//! clip is overwritten; a verifier that still falls behind ends the stream with RESOURCE_EXHAUSTED,
+//! a failed verification with INTERNAL. At the end, the last candidates are verified on the audio
+//! there is, before the summary.
+//!
 //! How a stream ends: half-close → flush, summary, OK. Drain grace over, idle timeout or lifetime
 //! limit → flush, summary (of everything received), then UNAVAILABLE / DEADLINE_EXCEEDED. Bad input
 //! → INVALID_ARGUMENT at once. Client gone → nothing to send. Audio accounting: received audio is
@@ -30,7 +39,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kws_models::frontend::{WINDOW_MS, WINDOW_VALUES};
-use kws_models::{Spotter, WindowBatch, WindowMeta};
+use kws_models::{ApplyError, CascadeError, Spotter, WindowBatch, WindowMeta};
 use kws_proto::v1::{self, detect_request, detect_response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tonic::Status;
@@ -46,6 +55,7 @@ use crate::response::{self, ResponseStream, Responses, SendError};
 use crate::shutdown::Phase;
 use crate::telemetry::names;
 use crate::validation::{ValidStream, check_chunk, inbound_error, label_from_proto};
+use crate::verify::{ClipJob, ClipResult};
 
 /// Input frames handled per step before yielding to the runtime, so a large chunk does not hold a
 /// tokio worker for long (~1 ms of work per step at 48 kHz).
@@ -134,6 +144,7 @@ pub fn start(
         opened,
         last_message: Instant::now(),
         pending: PendingQueue::default(),
+        verdict: None,
         spare: Vec::new(),
         inflight_windows: 0,
         processed_ms: 0,
@@ -238,6 +249,31 @@ impl PendingQueue {
     }
 }
 
+/// A candidate's clip sent to the verifier.
+struct PendingVerdict {
+    candidate: kws_models::Candidate,
+    /// When its clip was complete and sent.
+    sent: Instant,
+    rx: oneshot::Receiver<ClipResult>,
+}
+
+/// Wait for the verdict on the candidate with the verifier; never resolves without one. Cancel-safe.
+async fn verdict_reply(v: &mut Option<PendingVerdict>) -> Result<ClipResult, oneshot::error::RecvError> {
+    match v {
+        Some(p) => (&mut p.rx).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The status of a window or verdict the stream's pipeline refused.
+fn apply_error(e: ApplyError) -> ServiceError {
+    match e {
+        ApplyError::Cascade(e @ CascadeError::Backlog { .. }) => ServiceError::VerifierBehind(e.to_string()),
+        e @ ApplyError::ClipLost { .. } => ServiceError::VerifierBehind(e.to_string()),
+        e @ (ApplyError::Order(_) | ApplyError::Cascade(_)) => ServiceError::Internal(e.to_string()),
+    }
+}
+
 struct Session {
     id: String,
     model: Arc<ServedModel>,
@@ -250,6 +286,8 @@ struct Session {
     /// When the client's last message arrived (the idle timeout counts from it).
     last_message: Instant,
     pending: PendingQueue,
+    /// The candidate whose clip is with the verifier (cascade streams; one at a time).
+    verdict: Option<PendingVerdict>,
     spare: Vec<Vec<f32>>,
     inflight_windows: usize,
     processed_ms: u64,
@@ -292,6 +330,8 @@ enum Event {
     Phase(bool),
     /// The oldest pending job's reply.
     Reply(Result<JobResult, oneshot::error::RecvError>),
+    /// The verifier's reply on the candidate with it.
+    Verdict(Result<ClipResult, oneshot::error::RecvError>),
     /// The client's next message (`None`: half-close).
     Message(Result<Option<v1::DetectRequest>, Status>),
     /// No message for `idle_timeout_ms`.
@@ -386,6 +426,7 @@ impl Session {
                 _ = &mut lifetime => Event::Lifetime,
                 changed = phase.changed() => Event::Phase(changed.is_ok()),
                 r = self.pending.oldest_reply() => Event::Reply(r),
+                r = verdict_reply(&mut self.verdict) => Event::Verdict(r),
                 msg = self.inbound.message(), if can_read => Event::Message(msg),
                 _ = tokio::time::sleep_until((self.last_message + idle).into()), if can_read => Event::Idle,
             };
@@ -405,6 +446,7 @@ impl Session {
             Event::Phase(true) => Ok(()),
             Event::Phase(false) => Err(End::Closed(ServiceError::Draining)),
             Event::Reply(r) => self.on_reply(r).await,
+            Event::Verdict(r) => self.on_verdict(r).await,
             Event::Idle => Err(End::Closed(ServiceError::Idle(server.idle_timeout_ms))),
             Event::Message(msg) => {
                 self.last_message = Instant::now();
@@ -456,12 +498,14 @@ impl Session {
             if i > 0 {
                 tokio::task::yield_now().await;
             }
+            self.make_room(piece.len() / format.frame_bytes()).await?;
             let mut batch = WindowBatch::with_buffer(self.spare.pop().unwrap_or_default());
             self.spotter
                 .push_pcm(piece, &mut batch)
                 .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
             self.count_received();
             self.submit(batch, arrived).await?;
+            self.dispatch_clip().await?;
         }
         self.check_behind().await
     }
@@ -608,7 +652,7 @@ impl Session {
             let event = self
                 .spotter
                 .apply(w, probs)
-                .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+                .map_err(|e| End::Error(apply_error(e)))?;
             self.evaluator
                 .observe(w, self.spotter.smoothed(), event.as_ref().map(|e| e.class));
             if self.valid.trace {
@@ -622,27 +666,10 @@ impl Session {
             self.processed_ms = w.end_ms;
             self.windows += 1;
             if let Some(e) = event {
-                self.events += 1;
-                let keyword = self.model.manifest.keywords[e.class].clone();
-                let event_id = format!("{}-{}", self.id, self.events);
-                metrics::counter!(names::EVENTS, "model" => model_label.clone(), "keyword" => keyword.clone())
-                    .increment(1);
-                metrics::histogram!(names::EVENT_LATENCY, "model" => model_label.clone())
-                    .record(arrived.elapsed().as_secs_f64());
-                self.deps.events.insert(&event_id, &self.model.name, &keyword);
-                tracing::debug!(event_id, keyword, score = e.score, end_ms = e.end_ms, "keyword");
-                self.send(v1::DetectResponse {
-                    response: Some(detect_response::Response::Event(v1::KeywordEvent {
-                        event_id,
-                        keyword,
-                        score: e.score,
-                        start_ms: e.start_ms,
-                        end_ms: e.end_ms,
-                    })),
-                })
-                .await?;
+                self.emit(e, arrived).await?;
             }
         }
+        self.dispatch_clip().await?;
         metrics::counter!(names::WINDOWS, "model" => model_label).increment(windows.len() as u64);
         self.count_processed(self.processed_ms);
         self.recycle(result.features);
@@ -660,6 +687,138 @@ impl Session {
         {
             self.next_progress_ms = self.processed_ms + every;
             self.progress().await?;
+        }
+        Ok(())
+    }
+
+    /// Send an event (first-stage, or accepted by the verifier); `since` is when its audio was
+    /// complete (the chunk completing its window, or with a cascade its clip).
+    async fn emit(&mut self, e: kws_models::Event, since: Instant) -> Result<(), End> {
+        self.events += 1;
+        let keyword = self.model.manifest.keywords[e.class].clone();
+        let event_id = format!("{}-{}", self.id, self.events);
+        let model_label = self.model.name.clone();
+        metrics::counter!(names::EVENTS, "model" => model_label.clone(), "keyword" => keyword.clone())
+            .increment(1);
+        metrics::histogram!(names::EVENT_LATENCY, "model" => model_label)
+            .record(since.elapsed().as_secs_f64());
+        self.deps.events.insert(&event_id, &self.model.name, &keyword);
+        tracing::debug!(
+            event_id,
+            keyword,
+            score = e.score,
+            verifier_score = e.verifier_score,
+            end_ms = e.end_ms,
+            "keyword"
+        );
+        self.send(v1::DetectResponse {
+            response: Some(detect_response::Response::Event(v1::KeywordEvent {
+                event_id,
+                keyword,
+                score: e.score,
+                start_ms: e.start_ms,
+                end_ms: e.end_ms,
+                verifier_score: e.verifier_score,
+            })),
+        })
+        .await
+    }
+
+    /// Cascade streams: send the pending candidate's clip to the verifier once it is complete (one
+    /// candidate at a time: the next one depends on this verdict).
+    async fn dispatch_clip(&mut self) -> Result<(), End> {
+        if self.verdict.is_some() {
+            return Ok(());
+        }
+        let Some(pool) = self.model.verifier.clone() else {
+            return Ok(());
+        };
+        let Some(clip) = self
+            .spotter
+            .ready_clip()
+            .map_err(|e| End::Error(apply_error(e)))?
+        else {
+            return Ok(());
+        };
+        let c = clip.candidate;
+        let keyword = self.model.manifest.keywords[c.keyword].clone();
+        metrics::counter!(names::CANDIDATES, "model" => self.model.name.clone(), "keyword" => keyword)
+            .increment(1);
+        let (reply, rx) = oneshot::channel();
+        let sent = Instant::now();
+        pool.submit(ClipJob {
+            audio: clip.audio,
+            lead: clip.lead,
+            enqueued: sent,
+            reply,
+        })
+        .await
+        .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+        self.verdict = Some(PendingVerdict {
+            candidate: c,
+            sent,
+            rx,
+        });
+        Ok(())
+    }
+
+    /// The verifier's reply on the candidate with it: its event or rejection, then the next clip.
+    async fn on_verdict(&mut self, r: Result<ClipResult, oneshot::error::RecvError>) -> Result<(), End> {
+        let Some(p) = self.verdict.take() else {
+            return Ok(());
+        };
+        let probs = r
+            .map_err(|_| {
+                End::Error(ServiceError::Internal(
+                    "verifier worker dropped a candidate".into(),
+                ))
+            })?
+            .probs
+            .map_err(|e| End::Error(ServiceError::VerifierFailed(e.to_string())))?;
+        metrics::histogram!(names::VERDICT_LATENCY, "model" => self.model.name.clone())
+            .record(p.sent.elapsed().as_secs_f64());
+        let event = self
+            .spotter
+            .verdict(p.candidate.id, &probs)
+            .map_err(|e| End::Error(apply_error(e)))?;
+        match event {
+            Some(e) => {
+                self.evaluator.own_event(e.class, e.start_ms, e.end_ms);
+                self.emit(e, p.sent).await?;
+            }
+            None => {
+                let keyword = self.model.manifest.keywords[p.candidate.keyword].clone();
+                metrics::counter!(names::VERIFIER_REJECTIONS, "model" => self.model.name.clone(),
+                    "keyword" => keyword.clone())
+                .increment(1);
+                tracing::debug!(
+                    keyword,
+                    score = p.candidate.score,
+                    verifier_score = probs[p.candidate.keyword],
+                    end_ms = p.candidate.end_ms,
+                    "candidate rejected"
+                );
+            }
+        }
+        self.dispatch_clip().await
+    }
+
+    /// Cascade streams: before feeding `frames` more input frames, wait for scores and the verdict
+    /// outstanding until the stream's sample ring has room for them (`Spotter::audio_room`), so
+    /// that no candidate's clip is overwritten before it is cut.
+    async fn make_room(&mut self, frames: usize) -> Result<(), End> {
+        let rate = u64::from(self.spotter.format().sample_rate());
+        // The samples `frames` make at 16 kHz, plus a resampler block.
+        let need = (frames as u64 * 16_000).div_ceil(rate) + 1024;
+        while self.spotter.audio_room() < need {
+            if self.verdict.is_some() {
+                let r = verdict_reply(&mut self.verdict).await;
+                self.on_verdict(r).await?;
+            } else if !self.pending.is_empty() {
+                self.apply_oldest().await?;
+            } else {
+                break;
+            }
         }
         Ok(())
     }
@@ -723,6 +882,12 @@ impl Session {
         while !self.pending.is_empty() {
             self.apply_oldest().await?;
         }
+        // The last candidates: their clips are cut at the end of the audio.
+        self.dispatch_clip().await?;
+        while self.verdict.is_some() {
+            let r = verdict_reply(&mut self.verdict).await;
+            self.on_verdict(r).await?;
+        }
         let processed_ms = self.spotter.audio_ms_processed();
         // Every window is scored and the frontend has consumed every sample: all of it is processed.
         self.count_processed(processed_ms);
@@ -760,5 +925,39 @@ impl Session {
             }
             SendError::Gone => End::Gone,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    #[test]
+    fn a_verifier_that_falls_behind_is_resource_exhausted_and_a_bug_is_internal() {
+        let code = |e: ApplyError| tonic::Status::from(apply_error(e)).code();
+        let backlog = CascadeError::Backlog { pending: 3, max: 250 };
+        assert_eq!(code(backlog.into()), Code::ResourceExhausted);
+        let lost = ApplyError::ClipLost {
+            candidate: 1,
+            start: 0,
+            oldest: 16_000,
+        };
+        let msg = tonic::Status::from(apply_error(lost.clone()))
+            .message()
+            .to_string();
+        assert!(
+            msg.contains("not keeping up") && msg.contains("candidate 1"),
+            "{msg}"
+        );
+        assert_eq!(code(lost), Code::ResourceExhausted);
+        let order = kws_models::OrderError { expected: 2, got: 5 };
+        assert_eq!(code(order.into()), Code::Internal);
+        let not_pending = CascadeError::NotPending {
+            got: 4,
+            pending: None,
+        };
+        assert_eq!(code(not_pending.into()), Code::Internal);
     }
 }

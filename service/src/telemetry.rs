@@ -55,6 +55,16 @@ pub mod names {
     pub const WINDOWS: &str = "kws_windows_scored_total";
     /// Counter{model, keyword}: keyword events sent.
     pub const EVENTS: &str = "kws_events_total";
+    /// Counter{model, keyword}: first-stage candidates sent to the verifier (cascade streams).
+    pub const CANDIDATES: &str = "kws_candidates_total";
+    /// Counter{model, keyword}: candidates the verifier rejected (no event).
+    pub const VERIFIER_REJECTIONS: &str = "kws_verifier_rejections_total";
+    /// Histogram{model}: candidate clips per verifier call.
+    pub const VERIFIER_BATCH_SIZE: &str = "kws_verifier_batch_size";
+    /// Histogram{model}: verifier time per batch (mel, embeddings, head).
+    pub const VERIFIER_INFERENCE: &str = "kws_verifier_seconds";
+    /// Histogram{model}: from a candidate's clip being complete to its verdict reaching the stream.
+    pub const VERDICT_LATENCY: &str = "kws_verdict_latency_seconds";
     /// Histogram{model}: windows per ONNX Runtime call.
     pub const BATCH_SIZE: &str = "kws_batch_size";
     /// Histogram{model}: time a scoring job waited in the queue before its batch ran.
@@ -110,6 +120,16 @@ pub const REJECT_REASONS: &[&str] = &["resource_exhausted", "unavailable", "unau
 pub const VERDICTS: &[&str] = &["correct", "false_alarm", "missed"];
 /// Every `kind` label value of the evaluation series.
 pub const EVAL_KINDS: &[&str] = &["labelled", "negative"];
+
+/// Create the cascade's counters of a served model with a verifier at zero (see [`register_model`]).
+pub fn register_verifier(model: &str, keywords: &[String]) {
+    use names::*;
+    for kw in keywords {
+        metrics::counter!(CANDIDATES, "model" => model.to_string(), "keyword" => kw.clone()).increment(0);
+        metrics::counter!(VERIFIER_REJECTIONS, "model" => model.to_string(), "keyword" => kw.clone())
+            .increment(0);
+    }
+}
 
 /// Create every bounded series of a served model at zero, so the first increment after a start is
 /// seen by `rate()`/`increase()` (a series born with a value is invisible to them), and export the
@@ -232,6 +252,19 @@ pub fn describe() {
     describe_counter!(WINDOWS, "Windows scored");
     describe_counter!(EVENTS, "Keyword events sent");
     describe_histogram!(BATCH_SIZE, "Windows per ONNX Runtime call");
+    describe_counter!(CANDIDATES, "First-stage candidates sent to the verifier");
+    describe_counter!(VERIFIER_REJECTIONS, "Candidates the verifier rejected");
+    describe_histogram!(VERIFIER_BATCH_SIZE, "Candidate clips per verifier call");
+    describe_histogram!(
+        VERIFIER_INFERENCE,
+        Unit::Seconds,
+        "Verifier time per batch (mel, embeddings, head)"
+    );
+    describe_histogram!(
+        VERDICT_LATENCY,
+        Unit::Seconds,
+        "From a candidate's clip being complete to its verdict reaching the stream"
+    );
     describe_histogram!(
         QUEUE_WAIT,
         Unit::Seconds,
@@ -293,6 +326,7 @@ pub fn install_metrics(listen: SocketAddr) -> anyhow::Result<()> {
         .with_http_listener(listen)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(names::BATCH_SIZE.into()), BATCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(names::VERIFIER_BATCH_SIZE.into()), BATCH_BUCKETS)?
         .build()?;
     metrics::set_global_recorder(recorder)?;
     tokio::spawn(async move {

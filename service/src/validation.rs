@@ -79,6 +79,7 @@ pub fn validate(
         no_smoothing: cfg.no_smoothing,
         refractory_ms: cfg.refractory_ms,
         no_refractory: cfg.no_refractory,
+        first_stage_only: cfg.first_stage_only,
     });
     let stream = StreamConfig::resolve(manifest, format, &cfg.keywords, &cfg.thresholds, overrides)?;
     if cfg.client_stream_id.len() > MAX_CLIENT_STREAM_ID_BYTES {
@@ -93,6 +94,16 @@ pub fn validate(
         })
     });
     let d = &stream.decoder;
+    // The thresholds that decide events: the verdict thresholds with a cascade, else the decoder's.
+    let deciding: Vec<Option<f32>> = match &stream.cascade {
+        Some(c) => d
+            .thresholds
+            .iter()
+            .zip(&c.config.thresholds)
+            .map(|(t, v)| t.map(|_| *v))
+            .collect(),
+        None => d.thresholds.clone(),
+    };
     let proto = v1::ResolvedConfig {
         encoding: cfg.encoding,
         sample_rate_hz: cfg.sample_rate_hz,
@@ -100,7 +111,7 @@ pub fn validate(
         keywords: keywords.iter().map(|&i| manifest.keywords[i].clone()).collect(),
         thresholds: keywords
             .iter()
-            .filter_map(|&i| Some((manifest.keywords[i].clone(), d.thresholds[i]?)))
+            .filter_map(|&i| Some((manifest.keywords[i].clone(), deciding[i]?)))
             .collect(),
         hop_ms: stream.hop_ms(),
         smoothing_ms: d.smoothing_ms,
@@ -110,6 +121,11 @@ pub fn validate(
         known_negative: cfg.known_negative,
         client_stream_id: cfg.client_stream_id.clone(),
         max_chunk_bytes: server.max_chunk_bytes as u32,
+        cascade: stream.cascade.is_some(),
+        first_stage_threshold: stream
+            .cascade
+            .as_ref()
+            .map_or(0.0, |c| c.config.first_stage_threshold),
     };
     Ok(ValidStream {
         stream,

@@ -35,20 +35,30 @@ fn expected(pcm: &[u8], labels: &[Label], grid: &[f32]) -> Expected {
     let config = StreamConfig::from_manifest(&manifest, native());
     let refractory = config.decoder.refractory_ms;
     let mut spotter = Spotter::new(config, 12).unwrap();
-    let mut batch = WindowBatch::new();
-    spotter.push_pcm(pcm, &mut batch).unwrap();
-    spotter.finish(&mut batch).unwrap();
-    let mut probs = vec![0.0; batch.len() * 12];
-    use kws_models::Scorer;
-    scorer.score(batch.features(), &mut probs).unwrap();
     let keywords: Vec<usize> = (0..10).collect();
     let mut gd = GridDecoder::new(grid, &keywords, refractory, usize::MAX);
     let mut own = Vec::new();
-    for (i, w) in batch.windows().iter().enumerate() {
-        if let Some(e) = spotter.apply(w, &probs[i * 12..(i + 1) * 12]).unwrap() {
-            own.push((e.class, event_time(e.start_ms, e.end_ms)));
+    // The stream's own events are the cascade's (the shipped manifest has a verifier); the grid
+    // observes the first stage's smoothed posteriors. Audio goes in pieces, each scored before the
+    // next, so that the cascade's sample ring keeps every candidate's clip (as the server does).
+    let mut verifier = kws_models::Verifier::from_manifest(&manifest, &opts).unwrap();
+    let mut batch = WindowBatch::new();
+    let pieces = pcm.chunks(kws_models::spotter::PROCESS_PIECE_FRAMES * 2);
+    for piece in pieces.map(Some).chain([None]) {
+        batch.clear();
+        match piece {
+            Some(p) => spotter.push_pcm(p, &mut batch).map(|_| ()).unwrap(),
+            None => spotter.finish(&mut batch).unwrap(),
         }
-        gd.observe(w, spotter.smoothed());
+        spotter
+            .score_windows(
+                &mut scorer,
+                Some(&mut verifier),
+                &batch,
+                |w, smoothed| gd.observe(w, smoothed),
+                |e| own.push((e.class, event_time(e.start_ms, e.end_ms))),
+            )
+            .unwrap();
     }
     let mut out = BTreeMap::new();
     for (g, t) in grid.iter().enumerate() {

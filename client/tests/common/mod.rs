@@ -38,6 +38,18 @@ pub fn golden_json() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(golden("golden.json")).unwrap()).unwrap()
 }
 
+/// The int8 model's events on the golden stream as the server emits them by default: the cascade's
+/// (`stream.cascade.events_int8`, written by `kws_train.verifier_golden shipped`) when the shipped
+/// manifest has a verifier, else the first stage's.
+pub fn golden_default_events() -> Vec<serde_json::Value> {
+    let g = golden_json();
+    let events = match g["stream"].get("cascade") {
+        Some(c) => &c["events_int8"],
+        None => &g["stream"]["events_int8"],
+    };
+    events.as_array().unwrap().clone()
+}
+
 pub fn test_config() -> Config {
     let mut c = Config::default();
     c.server.listen = ([127, 0, 0, 1], 0).into();

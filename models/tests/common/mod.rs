@@ -137,6 +137,39 @@ pub struct GoldenStream {
     pub events_fp32: Vec<GoldenEvent>,
     pub trace_int8: Vec<TraceEntry>,
     pub events_int8: Vec<GoldenEvent>,
+    /// The manifest's cascade on this stream (`kws_train.verifier_golden shipped`), if it has one.
+    #[serde(default)]
+    pub cascade: Option<GoldenCascade>,
+}
+
+/// `stream.cascade` of a shipped golden: per first-stage variant, every candidate the cascade
+/// verified and the events it accepted (verifier run per candidate clip, Python onnxruntime).
+#[derive(Debug, Deserialize)]
+pub struct GoldenCascade {
+    pub first_stage_threshold: f32,
+    pub min_verifier_margin: Option<f32>,
+    pub candidates_fp32: Vec<GoldenCandidate>,
+    pub events_fp32: Vec<GoldenCascadeEvent>,
+    pub candidates_int8: Vec<GoldenCandidate>,
+    pub events_int8: Vec<GoldenCascadeEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenCandidate {
+    pub keyword: String,
+    pub score: f32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub probs: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+pub struct GoldenCascadeEvent {
+    pub keyword: String,
+    pub score: f32,
+    pub verifier_score: f32,
+    pub start_ms: u64,
+    pub end_ms: u64,
 }
 
 pub fn golden(model_dir: &Path) -> Golden {
@@ -175,6 +208,7 @@ pub fn run_stream(dir: &Path, variant: &str) -> StreamRun {
             refractory_ms: g.stream.decoder.refractory_ms,
             thresholds,
         },
+        cascade: None,
     };
     let mut spotter = Spotter::new(config, manifest.num_classes()).unwrap();
     let x = read_wav(&dir.join("golden").join(&g.stream.wav));

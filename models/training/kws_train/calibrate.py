@@ -139,7 +139,7 @@ def best_single(s: Streams, grid: list[float], max_fp: float) -> float:
 
 
 def search(s: Streams, grid: list[float], budget_fa_h: float, sweeps: int = 3,
-           lams: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)) -> tuple[np.ndarray, dict]:
+           lams: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)) -> tuple[np.ndarray, dict]:
     """Per-keyword thresholds with the most true positives within the budget (see the module doc).
     `info["within_budget"]` is False when not even the highest grid threshold for every keyword fits;
     the thresholds returned are then the highest ones."""
@@ -211,6 +211,47 @@ def evaluate(files: list[dict], dec: dict, manifests: list[Path], tolerance_ms: 
         out.write_text(json.dumps({"hours": every.hours, "files": len(files), "results": res}, indent=1))
 
 
+#: Licence line of the verifier section (feature models + our head); see models/speech-embedding/README.md.
+VERIFIER_LICENCE = (
+    "head: trained by this project on synthesized speech only (same terms as the first-stage model); "
+    "feature models: Google speech_embedding (Apache-2.0) as ported to ONNX in the openwakeword 0.4.0 wheel "
+    "(Apache-2.0 package; its README puts its pre-trained models under CC BY-NC-SA 4.0, see "
+    "models/speech-embedding/README.md: to be confirmed by the owner before commercial use)")
+
+
+def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[str, float], reject_gap_ms: int,
+                     old: dict | None) -> dict:
+    """The manifest's `verifier` section (`kws_models::manifest::VerifierSpec`): the head is copied
+    into `<model_dir>/verifier/head.onnx`; the feature models are the shared ones in
+    models/speech-embedding (their sha256 are the pinned ones of `verifier.FEATURE_FILES`)."""
+    import hashlib
+    import shutil
+
+    from .verifier import FEATURE_FILES, WINDOW_EMB
+
+    dest = model_dir / "verifier" / "head.onnx"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if head.resolve() != dest.resolve():
+        shutil.copyfile(head, dest)
+    feats = model_dir.parent / "speech-embedding"
+    for name, sha in FEATURE_FILES.items():
+        got = hashlib.sha256((feats / name).read_bytes()).hexdigest()
+        if got != sha:
+            raise SystemExit(f"{feats / name}: sha256 {got}, expected {sha}")
+    return {
+        "features": {"dir": "../speech-embedding",
+                     "mel": {"path": "melspectrogram.onnx", "sha256": FEATURE_FILES["melspectrogram.onnx"]},
+                     "embedding": {"path": "embedding_model.onnx", "sha256": FEATURE_FILES["embedding_model.onnx"]}},
+        "head": {"path": "verifier/head.onnx", "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()},
+        "embeddings_per_view": WINDOW_EMB,
+        "centre_offset_ms": 0,
+        "first_stage_threshold": t1,
+        "thresholds": thresholds,
+        "reject_gap_ms": reject_gap_ms,
+        "licence": (old or {}).get("licence", VERIFIER_LICENCE),
+    }
+
+
 def _without(args: list[str], flag: str) -> list[str]:
     """`args` without `flag` and its value (either form)."""
     out, skip = [], False
@@ -236,8 +277,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tolerance-ms", type=int, default=500)
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--head", type=Path, help="verifier head (head.pt): calibrate the verifier's thresholds of a cascade")
-    p.add_argument("--t1", type=float, default=0.7, help="first-stage threshold of the cascade (all keywords)")
+    p.add_argument("--clip-table", type=Path, help="per-clip verifier probabilities (`verifier clip-table`), as the "
+                   "Rust verifier computes them; without it the views are cut from the cache's stream embeddings")
+    p.add_argument("--t1", type=lambda x: [float(v) for v in x.split(",")], default=[0.7],
+                   help="first-stage threshold of the cascade (all keywords); a comma list: the one whose best single "
+                        "verifier threshold keeps the most keywords within the budget is chosen (per fold, too)")
     p.add_argument("--reject-gap-ms", type=int, default=200)
+    p.add_argument("--single", action="store_true",
+                   help="write the best single threshold (all keywords) instead of the per-keyword search's; use it "
+                        "when the held-out halves show the per-keyword shape does not carry over")
     p.add_argument("--json", type=Path)
     p.add_argument("--write-manifest", type=Path, help="write the thresholds and the operating point into this manifest")
     p.add_argument("--validation-set", default="", help="how the validation streams were made (for the manifest)")
@@ -252,22 +300,46 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--budget or --evaluate is required")
     cascade = None
     if a.head:
-        from .verifier import lazy_verifier, load_head
+        from .verifier import lazy_verifier, load_clip_table, load_head
 
-        cascade = (a.t1, lazy_verifier(files, load_head(a.head)), a.reject_gap_ms)
-    mk = lambda fs: Streams(fs, dec["refractory_ms"], a.tolerance_ms, cascade)  # noqa: E731
-    every = mk(files)
+        if a.clip_table:
+            verifier = lazy_verifier(files, None, 0.0, load_clip_table(a.clip_table))
+        else:
+            verifier = lazy_verifier(files, load_head(a.head), 0.0)
+        cascade = (a.t1, verifier, a.reject_gap_ms)
+    def mk(fs, t1=None):
+        c = None if cascade is None else (t1 if t1 is not None else a.t1[0], cascade[1], cascade[2])
+        return Streams(fs, dec["refractory_ms"], a.tolerance_ms, c)
+
+    def choose_t1(fs) -> float | None:
+        """The t1 of `--t1` whose best single verifier threshold keeps the most keywords within the
+        budget (ties: the higher t1, fewer candidates); None without a cascade."""
+        if cascade is None:
+            return None
+        best = None
+        for t1 in a.t1:
+            s_ = mk(fs, t1)
+            c = s_.counts(np.full(NK, best_single(s_, a.grid, a.budget * s_.hours), np.float32)).sum(0)
+            ok = c[1] <= a.budget * s_.hours
+            key = (ok, int(c[0]) if ok else -int(c[1]), t1)
+            best = max(best, key) if best else key
+        return best[2]
+
+    if a.budget is not None:
+        chosen = choose_t1(files)
+        every = mk(files, chosen)
     out = {"cache": str(a.cache), "head": str(a.head) if a.head else None,
-           "t1": a.t1 if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
+           "t1": chosen if a.head else None, "t1_grid": a.t1 if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
            "decoder": dec, "grid": a.grid, "folds": []}
     if a.folds > 1:
         parts = split(files, a.folds)
         for i in range(a.folds):
-            fit = mk([f for j, p_ in enumerate(parts) if j != i for f in p_])
-            held = mk(parts[i])
+            fit_files = [f for j, p_ in enumerate(parts) if j != i for f in p_]
+            t1 = choose_t1(fit_files)
+            fit, held = mk(fit_files, t1), mk(parts[i], t1)
             th, info = search(fit, a.grid, a.budget)
             single = np.full(NK, info["single_threshold"], np.float32)
-            out["folds"].append({"fit_hours": fit.hours, "held_hours": held.hours, "thresholds": as_dict(th),
+            out["folds"].append({"t1": t1, "fit_hours": fit.hours, "held_hours": held.hours, "thresholds": as_dict(th),
                                  "fit": fit.summary(th), "held": held.summary(th),
                                  "single_threshold": info["single_threshold"],
                                  "single_fit": fit.summary(single), "single_held": held.summary(single)})
@@ -276,9 +348,10 @@ def main(argv: list[str] | None = None) -> None:
                single_result=every.summary(np.full(NK, info["single_threshold"], np.float32)),
                search_s=round(time.time() - t0, 1))
     pr = lambda *x: print(*x)  # noqa: E731
-    pr(f"{len(files)} streams, {every.hours:.2f} h, budget {a.budget} FA/h ({a.budget * every.hours:.1f} false alarms)")
+    pr(f"{len(files)} streams, {every.hours:.2f} h, budget {a.budget} FA/h ({a.budget * every.hours:.1f} false alarms)"
+       + ("" if chosen is None else f"; cascade t1 {chosen} (of {a.t1})"))
     for i, fo in enumerate(out["folds"]):
-        pr(f"fold {i}: per-keyword fit {100 * fo['fit']['recall']:.1f} % / {fo['fit']['fa_per_h']:.1f} FA/h -> held "
+        pr(("" if fo["t1"] is None else f"t1 {fo['t1']} ") + f"fold {i}: per-keyword fit {100 * fo['fit']['recall']:.1f} % / {fo['fit']['fa_per_h']:.1f} FA/h -> held "
            f"{100 * fo['held']['recall']:.1f} % / {fo['held']['fa_per_h']:.1f} FA/h; single {fo['single_threshold']} fit "
            f"{100 * fo['single_fit']['recall']:.1f} % / {fo['single_fit']['fa_per_h']:.1f} -> held "
            f"{100 * fo['single_held']['recall']:.1f} % / {fo['single_held']['fa_per_h']:.1f}")
@@ -290,14 +363,24 @@ def main(argv: list[str] | None = None) -> None:
         pr(f"warning: no thresholds on the grid keep {a.budget} FA/h on these streams; the highest are shown")
     if a.json:
         a.json.write_text(json.dumps(out, indent=1))
-    if a.write_manifest and a.head:
-        raise SystemExit("--write-manifest writes first-stage thresholds; the verifier's are not in the manifest yet")
     if a.write_manifest and not info["within_budget"]:
         raise SystemExit("not writing the manifest: the budget is not met")
+    if a.write_manifest and a.single:
+        out["thresholds"] = as_dict(np.full(NK, info["single_threshold"], np.float32))
+        r = sr
+        out["folds"] = [{**fo, "held": fo["single_held"]} for fo in out["folds"]]
     if a.write_manifest:
         m = json.loads(a.write_manifest.read_text())
-        m["thresholds"] = out["thresholds"]
+        if a.head:
+            if a.head.suffix != ".onnx" or not a.clip_table:
+                raise SystemExit("--write-manifest with --head needs head.onnx and --clip-table (the Rust verifier's "
+                                 "per-clip probabilities)")
+            m["verifier"] = verifier_section(a.write_manifest.parent, a.head, chosen, out["thresholds"],
+                                             a.reject_gap_ms, m.get("verifier"))
+        else:
+            m["thresholds"] = out["thresholds"]
         m["operating_point"] = {
+            "stages": "cascade (first stage + verifier)" if a.head else "first stage",
             "budget_fa_per_h": a.budget, "validation_set": a.validation_set,
             "first_stage_variant": dec.get("variant", "int8"), "validation_recall": round(r["recall"], 4),
             "validation_fa_per_h": round(r["fa_per_h"], 3), "validation_hours": round(every.hours, 3),

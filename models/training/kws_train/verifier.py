@@ -63,11 +63,13 @@ UNK_ID, SIL_ID = CLASSES.index(UNKNOWN), CLASSES.index(SILENCE)
 
 
 def find_feature_models(explicit: Path | None = None) -> Path | None:
-    """Directory holding both feature models: `explicit`, $KWS_OWW_MODELS, or data/oww; None if absent."""
+    """Directory holding both feature models: `explicit`, $KWS_OWW_MODELS, data/oww or models/speech-embedding;
+    None if absent."""
     cands = [explicit] if explicit else []
     if os.environ.get("KWS_OWW_MODELS"):
         cands.append(Path(os.environ["KWS_OWW_MODELS"]))
     cands.append(Path(__file__).resolve().parent.parent / "data" / "oww")
+    cands.append(Path(__file__).resolve().parents[2] / "speech-embedding")  # the shipped copy
     for c in cands:
         if c and all((c / f).exists() for f in FEATURE_FILES):
             return c
@@ -554,21 +556,87 @@ def load_cache(cache: Path) -> list[dict]:
     return files
 
 
-def lazy_verifier(files: list[dict], net, offset_ms: float = 0.0):
+def lazy_verifier(files: list[dict], net, offset_ms: float = 0.0, clips: dict | None = None):
     """`verifier_for(file)` -> `verify(window index)` -> the head's 12 probabilities for the view
-    centred on that window's event time (+ `offset_ms`), computed on first use and kept per file."""
+    centred on that window's event time (+ `offset_ms`), computed on first use and kept per file.
+
+    Without `clips` the view is cut from the stream's embeddings (`embed` cache: mel over the whole
+    stream). With `clips` (`load_clip_table`: per stream, first embedding -> probabilities) the
+    probabilities are those of the candidate's own clip, mel run on the clip alone — what the Rust
+    verifier computes; `net` is then unused."""
     for f in files:
         f["j0"] = np.array([view_start(t, offset_ms) for t in (f["start"] + f["end"]) // 2])
         f["vp"] = {}
 
     def verifier_for(f):
+        table = clips[str(f["wav"])] if clips is not None else None
+
         def verify(i):
             if i not in f["vp"]:
-                f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
+                if table is not None:
+                    f["vp"][i] = table[int(f["j0"][i])]
+                else:
+                    f["vp"][i] = head_probs(net, take_view(f["emb"], int(f["j0"][i]))[None])[0]
             return f["vp"][i]
         return verify
 
     return verifier_for
+
+
+def cmd_clip_table(a) -> None:
+    """Per-clip verifier probabilities of every window that can be a candidate (highest smoothed
+    keyword >= --min-t1) of the cached streams: one mel + embedding + head run per distinct view
+    (four consecutive 20-ms windows share a view), as the Rust verifier runs it. Written to --out
+    (npz: per stream `<wav>|first` and `<wav>|probs`), read by `load_clip_table`."""
+    import onnxruntime as ort
+
+    from .streameval import read_wav
+    from .verifier_golden import clip_range, clip_view
+
+    emb = Embedder(find_feature_models(a.features), 1)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    head = ort.InferenceSession(str(a.head), so, providers=["CPUExecutionProvider"])
+    files = load_cache(a.cache)
+    out, n_clips, c0 = {}, 0, time.process_time()
+    for n, f in enumerate(files):
+        kw = f["sm"][:, :len(KEYWORDS)].max(1)
+        t = (f["start"] + f["end"]) // 2
+        firsts = sorted({view_start(int(ti), a.offset_ms) for ti in t[kw >= np.float32(a.min_t1)]})
+        probs = np.zeros((len(firsts), len(CLASSES)), np.float32)
+        if firsts:
+            x = read_wav(a.audio_dir / str(f["wav"]))
+            views = []
+            for j0 in firsts:
+                _, s, e, lead = clip_range_of(j0)
+                views.append(clip_view(emb, x[s:e], lead))
+            for i in range(0, len(views), 64):
+                probs[i:i + 64] = head.run(None, {"embeddings": np.stack(views[i:i + 64]).astype(np.float32)})[0]
+        out[f"{f['wav']}|first"] = np.array(firsts, np.int64)
+        out[f"{f['wav']}|probs"] = probs
+        n_clips += len(firsts)
+        print(f"{n + 1}/{len(files)} {f['wav']} {len(firsts)} clips", file=sys.stderr, flush=True)
+    np.savez(a.out, **out)
+    print(json.dumps({"clips": n_clips, "cpu_s": round(time.process_time() - c0, 1),
+                      "ms_per_clip": round(1000 * (time.process_time() - c0) / max(1, n_clips), 2)}))
+
+
+def clip_range_of(j0: int, n: int = WINDOW_EMB) -> tuple[int, int, int, int]:
+    """`verifier_golden.clip_range` from a view's first embedding instead of a time."""
+    lead = min(max(0, -j0), n - 1)
+    start = max(j0, 0) * EMB_STEP * 160
+    return j0, start, start + (EMB_FRAMES + EMB_STEP * (n - lead - 1) + 3) * 160, lead
+
+
+def load_clip_table(path: Path) -> dict:
+    """`clip-table` output -> {wav: {first: probabilities}}."""
+    z = np.load(path)
+    out: dict = {}
+    for k in z.files:
+        wav, what = k.rsplit("|", 1)
+        if what == "first":
+            out[wav] = dict(zip(z[k].tolist(), z[f"{wav}|probs"]))
+    return out
 
 
 def cmd_cascade(a) -> None:
@@ -576,9 +644,10 @@ def cmd_cascade(a) -> None:
 
     dec = json.loads((a.cache / "decoder.json").read_text())
     files = load_cache(a.cache)
-    net = load_head(a.head)
+    clips = load_clip_table(a.clip_table) if a.clip_table else None
+    net = None if clips is not None else load_head(a.head)
     hours = sum(float(f["seconds"]) for f in files) / 3600
-    verifier_for = lazy_verifier(files, net, a.offset_ms)
+    verifier_for = lazy_verifier(files, net, a.offset_ms, clips)
 
     def tally(events_per_file) -> dict:
         tp = fp = fn = 0
@@ -842,6 +911,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--t1", type=fl, default=[0.3, 0.5, 0.7, 0.9])
     s.add_argument("--v", type=fl, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999])
     s.add_argument("--relabel", action="store_true")
+    s.add_argument("--clip-table", type=Path, help="per-clip probabilities (`clip-table`) instead of stream embeddings")
     s.add_argument("--json", type=Path)
     s = sub.add_parser("clips")
     s.add_argument("--data", type=Path, default=Path("data"))
@@ -850,6 +920,13 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--variant", default="int8", choices=["fp32", "int8"])
     s.add_argument("--head", type=Path, required=True)
     s.add_argument("--json", type=Path)
+    s = sub.add_parser("clip-table")
+    s.add_argument("--cache", type=Path, required=True, help="`embed` cache (--first-stage-only is enough)")
+    s.add_argument("--audio-dir", type=Path, required=True, help="directory the cache's wav paths are relative to")
+    s.add_argument("--head", type=Path, required=True, help="head.onnx")
+    s.add_argument("--min-t1", type=float, default=0.5, help="lowest first-stage threshold the table serves")
+    s.add_argument("--offset-ms", type=float, default=0.0)
+    s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("cost")
     s.add_argument("--head", type=Path, required=True, help="head.onnx")
     s.add_argument("--repeats", type=int, default=50)
@@ -861,7 +938,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     {"unpack": lambda: unpack(a.wheel, a.out), "windows": lambda: cmd_windows(a), "train": lambda: cmd_train(a),
      "embed": lambda: cmd_embed(a), "cascade": lambda: cmd_cascade(a), "clips": lambda: cmd_clips(a),
-     "cost": lambda: cmd_cost(a), "table": lambda: cmd_table(a)}[a.cmd]()
+     "cost": lambda: cmd_cost(a), "clip-table": lambda: cmd_clip_table(a), "table": lambda: cmd_table(a)}[a.cmd]()
 
 
 if __name__ == "__main__":

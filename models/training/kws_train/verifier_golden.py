@@ -14,12 +14,16 @@ Writes into --out (default ../tests/fixtures/verifier):
 
   python -m kws_train.verifier_golden --cache runs13/val-cache --valcorpus data/valcorpus \\
       --head ../tests/fixtures/verifier/head-research-conv15k.onnx
+
+- `shipped --model-dir ../tc-resnet8`: the cascade of a shipped model's manifest on its golden stream,
+  written into its `golden/golden.json` (`stream.cascade`; see `shipped_cascade_golden`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import wave
 from pathlib import Path
 
@@ -173,8 +177,89 @@ def make_cascade(a, emb: Embedder, head) -> None:
         "files": files}, separators=(",", ":")))
 
 
+def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
+    """The cascade on a shipped model's golden stream (`golden/stream.wav`), written into its
+    `golden.json` as `stream.cascade`: for the fp32 and int8 first stages (the traces already in the
+    golden), every candidate with the verifier's 12 probabilities on its own clip, and the events.
+    `min_verifier_margin` is the smallest |p - v| of a candidate (a verdict that close to its threshold
+    could flip between CPUs). Checked by `models/tests/golden.rs`."""
+    import onnxruntime as ort
+
+    from .stream import DecoderConfig, smoothing_windows
+    from .streameval import smoothed_fast
+
+    m = json.loads((model_dir / "manifest.json").read_text())
+    v = m["verifier"]
+    gpath = model_dir / "golden" / "golden.json"
+    g = json.loads(gpath.read_text())
+    st = g["stream"]
+    x = read_wav(model_dir / "golden" / st["wav"])
+    emb = Embedder(features, 1)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    head = ort.InferenceSession(str(model_dir / v["head"]["path"]), so, providers=["CPUExecutionProvider"])
+    thresholds = np.array([v["thresholds"][k] for k in KEYWORDS], np.float32)
+    t1 = np.float32(v["first_stage_threshold"])
+    dec = DecoderConfig(smoothing_ms=st["decoder"]["smoothing_ms"], refractory_ms=st["decoder"]["refractory_ms"],
+                        hop_frames=st["hop_frames"])
+    out = {"first_stage_threshold": float(t1), "thresholds": dict(zip(KEYWORDS, f32(thresholds))),
+           "reject_gap_ms": v["reject_gap_ms"], "embeddings_per_view": v["embeddings_per_view"]}
+    margins = []
+    for variant in ("fp32", "int8"):
+        trace = st[f"trace_{variant}"]
+        probs = np.array([w["probs"] for w in trace], np.float32)
+        start = np.array([w["start_ms"] for w in trace], np.int64)
+        end = np.array([w["end_ms"] for w in trace], np.int64)
+        sm = smoothed_fast(probs, smoothing_windows(dec))
+        cands = []
+
+        def verify(i):
+            j0, s0, e0, lead = clip_range(int((start[i] + end[i]) // 2), v["centre_offset_ms"])
+            view = clip_view(emb, x[s0:e0], lead)
+            p = head.run(None, {"embeddings": view[None].astype(np.float32)})[0][0]
+            k = int(np.argmax(sm[i, :len(KEYWORDS)]))
+            margins.append(abs(float(p[k]) - float(thresholds[k])))
+            cands.append({"keyword": KEYWORDS[k], "score": f32(sm[i, k]), "start_ms": int(start[i]),
+                          "end_ms": int(end[i]), "clip": [s0, min(e0, len(x))], "lead": lead, "probs": f32(p)})
+            return p
+
+        # Per-keyword verifier thresholds: cascade_events takes one v, so apply each keyword's own.
+        kw = sm[:, :len(KEYWORDS)]
+        best = np.argmax(kw, axis=1)
+        score = kw[np.arange(len(kw)), best]
+        events, deadline = [], -1
+        for i in np.nonzero(score >= t1)[0]:
+            if end[i] < deadline:
+                continue
+            p = verify(int(i))
+            k = int(best[i])
+            if p[k] >= thresholds[k]:
+                events.append({"keyword": KEYWORDS[k], "score": f32(score[i]), "verifier_score": f32(p[k]),
+                               "start_ms": int(start[i]), "end_ms": int(end[i])})
+                deadline = int(end[i]) + dec.refractory_ms
+            else:
+                deadline = int(end[i]) + v["reject_gap_ms"]
+        out[f"candidates_{variant}"] = cands
+        out[f"events_{variant}"] = events
+    out["min_verifier_margin"] = round(min(margins), 4) if margins else None
+    st["cascade"] = out
+    gpath.write_text(json.dumps(g), encoding="utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     import onnxruntime as ort
+
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "shipped":
+        argv = sys.argv[1:]
+    if argv and argv[0] == "shipped":
+        q = argparse.ArgumentParser(prog="verifier_golden shipped")
+        q.add_argument("--model-dir", type=Path, required=True)
+        q.add_argument("--features", type=Path, default=Path(__file__).resolve().parents[2] / "speech-embedding")
+        b = q.parse_args(argv[1:])
+        out = shipped_cascade_golden(b.model_dir, b.features)
+        print(json.dumps({k: out[k] for k in ("events_fp32", "events_int8", "min_verifier_margin")}))
+        return
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, required=True, help="`verifier embed` cache of the validation set")

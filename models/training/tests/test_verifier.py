@@ -143,3 +143,38 @@ def test_mel_floor_is_relative_to_the_whole_input():
     assert np.abs(alone - inside).max() > 1.0
     batched = emb.mel(np.stack([quiet, loud]))[0]
     assert np.abs(alone - batched).max() > 1.0
+
+
+def test_clip_range_of_a_first_embedding_is_the_clip_range_of_its_time():
+    from kws_train.verifier import clip_range_of
+    from kws_train.verifier_golden import clip_range
+
+    for t in list(range(0, 3000, 10)) + [59_500, 123_456]:
+        want = clip_range(t)
+        assert clip_range_of(want[0]) == want, t
+
+
+def test_shipped_cascade_goldens_agree_with_their_manifests():
+    """The cascade golden of each shipped model (`verifier_golden shipped`) was computed at the
+    manifest's verifier section: same thresholds, and exactly the candidates whose verifier
+    probability of the first stage's keyword reaches its threshold are events."""
+    import json
+
+    models = Path(__file__).resolve().parents[2]
+    checked = 0
+    for mdir in (models / "tc-resnet8", models / "tc-resnet14-1.5"):
+        m = json.loads((mdir / "manifest.json").read_text())
+        if "verifier" not in m:
+            continue
+        c = json.loads((mdir / "golden" / "golden.json").read_text())["stream"]["cascade"]
+        v = m["verifier"]
+        assert c["first_stage_threshold"] == np.float32(v["first_stage_threshold"])
+        assert c["thresholds"] == {k: float(np.float32(x)) for k, x in v["thresholds"].items()}
+        for variant in ("fp32", "int8"):
+            accepted = [(x["keyword"], x["start_ms"]) for x in c[f"candidates_{variant}"]
+                        if x["probs"][KEYWORDS.index(x["keyword"])] >= np.float32(v["thresholds"][x["keyword"]])]
+            assert accepted == [(e["keyword"], e["start_ms"]) for e in c[f"events_{variant}"]]
+            assert all(x["score"] >= np.float32(v["first_stage_threshold"]) for x in c[f"candidates_{variant}"])
+            assert c[f"candidates_{variant}"], f"{mdir.name}: the golden stream proposes no candidate"
+        checked += 1
+    assert checked == 2

@@ -42,6 +42,7 @@ static MODEL: LazyLock<ServedModel> = LazyLock::new(|| {
         info: model_info("tc-resnet8:int8", "int8", &manifest),
         manifest,
         batcher,
+        verifier: None,
     }
 });
 

@@ -209,7 +209,8 @@ pub fn random_chunks(bytes: &[u8], frame: usize, seed: u64, max_frames: usize) -
     out
 }
 
-/// The offline kws-models result for the same audio and model defaults: (keyword, start, end, score).
+/// The offline kws-models result for the same audio and model defaults (the cascade, when the
+/// manifest has a verifier): (keyword, start, end, score).
 pub fn offline_events(variant: &str, format: PcmFormat, pcm: &[u8]) -> Vec<(String, u64, u64, f32)> {
     let manifest = Manifest::load(repo().join("models").join("tc-resnet8")).unwrap();
     let options = ScorerOptions {
@@ -217,13 +218,22 @@ pub fn offline_events(variant: &str, format: PcmFormat, pcm: &[u8]) -> Vec<(Stri
         ..ScorerOptions::default()
     };
     let mut scorer = OnnxScorer::new(&manifest, variant, &options).unwrap();
+    // The shipped manifest's cascade when it has one (as the server runs it by default).
+    let mut verifier = manifest
+        .verifier
+        .as_ref()
+        .map(|_| kws_models::Verifier::from_manifest(&manifest, &options).unwrap());
     let mut spotter = Spotter::new(
         StreamConfig::from_manifest(&manifest, format),
         manifest.num_classes(),
     )
     .unwrap();
     spotter
-        .process_pcm(&mut scorer, pcm)
+        .process_pcm_with(
+            &mut scorer,
+            verifier.as_mut().map(|v| v as &mut dyn kws_models::ClipScorer),
+            pcm,
+        )
         .unwrap()
         .into_iter()
         .map(|e| (manifest.keywords[e.class].clone(), e.start_ms, e.end_ms, e.score))
