@@ -13,7 +13,10 @@
 #      Also the verifier's golden test (tests/verifier.rs, fp32 speech-embedding models and head vs
 #      Python onnxruntime) on one clip (KWS_VERIFIER_QUICK=1: an embedding costs seconds under TCG;
 #      the shipped cascade's golden, 18 clips, runs natively only);
-#   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip) and isa_parity (int8)
+#   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip), the streaming test
+#      (tests/streaming.rs: tc-resnet8-stream's streaming graph vs its windowed graph on the same
+#      windows at 1e-5, chunk sizes, batching; fp32: it ships no int8 streaming graph, so the
+#      int8-only AVX2 run above has nothing to add) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
 #      extension), then isa_parity again on a CPU with the dot product only (Neoverse-N1) and on one
@@ -51,7 +54,8 @@ echo "test-isa: aarch64 under qemu-aarch64 (cpu max: NEON i8mm kernels)"
 if [ ${#tests[@]} -gt 0 ]; then
   # The golden tests cover fp32 on arm64 (NEON fp32 kernels); the parity run adds int8 at 1e-5.
   KWS_ORT_LIB="$arm_lib" KWS_VERIFIER_QUICK=1 \
-    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test golden --test verifier "$@"
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test golden --test verifier \
+      --test streaming "$@"
   KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH=arm64-i8mm KWS_EXPECT_INT8_KERNELS=neon-i8mm KWS_TEST_VARIANTS=int8 \
     cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity "$@"
 else

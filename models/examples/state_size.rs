@@ -1,6 +1,8 @@
 //! Bytes of heap a `Spotter` allocates for its own state (the shared model, FFT plans and tables
 //! excluded), per input rate, without and with the cascade of the test fixture's manifest (the
-//! research verifier head). `cargo run --release -p kws-models --example state_size`
+//! research verifier head); and a `StreamingSpotter` of `tc-resnet8-stream` (model state and
+//! pending frames instead of the 98-frame ring) at 16 kHz.
+//! `cargo run --release -p kws-models --example state_size`
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -8,7 +10,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use kws_models::frontend::mfcc;
 use kws_models::{
-    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, WindowBatch,
+    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, StreamingSpotter,
+    WindowBatch,
 };
 
 struct Counting;
@@ -73,4 +76,28 @@ fn main() {
         );
         drop(s);
     }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8-stream");
+    let manifest = Manifest::load(&dir).unwrap();
+    let layout = manifest.streaming.as_ref().unwrap().layout();
+    let cfg = StreamConfig::from_manifest(&manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
+    let mut state = layout.initial_state();
+    let before = LIVE.load(Ordering::SeqCst);
+    let mut s = StreamingSpotter::new(cfg, manifest.num_classes(), layout.clone()).unwrap();
+    // 3 s pushed in 20-ms chunks, each chunk's hop completed as a server would.
+    for chunk in vec![0u8; 16_000 * 2 * 3].chunks(640) {
+        s.push_pcm(chunk).unwrap();
+        while let Some((_, st)) = s.next_hop() {
+            state.copy_from_slice(st);
+            s.complete_hop(&state, &[0.0; 12]);
+        }
+    }
+    let after = LIVE.load(Ordering::SeqCst);
+    println!(
+        "16000 Hz: {} bytes ({:.1} KiB) of state per StreamingSpotter ({}), of which model state {} bytes",
+        after - before,
+        (after - before) as f64 / 1024.0,
+        manifest.name,
+        layout.state_bytes()
+    );
+    drop(s);
 }

@@ -12,6 +12,10 @@ pub enum ConfigError {
     Channels(u16),
     #[error("hop of {0} frames is not supported: use 1..=98 frames (10 ms each)")]
     Hop(u32),
+    #[error(
+        "hop of {got} frames is not supported by this streaming model: its graph scores hops of {model} frames"
+    )]
+    StreamingHop { got: u32, model: u32 },
     #[error("hop_ms {0} must be a multiple of 10 in 10..=980")]
     HopMs(u32),
     #[error(
@@ -115,6 +119,15 @@ pub enum ScoreError {
     InputShape { got: usize },
     #[error("output buffer of {got} values does not fit N = {n} windows x {classes} classes")]
     OutputShape { got: usize, n: usize, classes: usize },
+    #[error(
+        "state buffers of {got_in} (in) and {got_out} (out) values do not fit N = {n} streams x {per_stream} values"
+    )]
+    StateShape {
+        got_in: usize,
+        got_out: usize,
+        n: usize,
+        per_stream: usize,
+    },
     #[error("inference failed: {0}")]
     Runtime(String),
 }

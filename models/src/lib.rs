@@ -11,6 +11,10 @@
 //!          ─▶ ClipScorer (Verifier, batched across streams) ─▶ Spotter::verdict ─▶ Event
 //! ```
 //!
+//! A streamable model (manifest section `streaming`) replaces the ring and the window batch:
+//! `StreamingSpotter` keeps the model's state, and `StreamScorer` scores one 20-ms hop
+//! `[N, 2, 40]` of N streams with their states, giving the same posteriors on the same windows.
+//!
 //! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
 //! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
 //! returned. Per-stream state is about 20 KiB (a cascade adds its 76-KiB sample ring); models, FFT
@@ -34,6 +38,8 @@
 //! - [`two_stage`]: the cascade inside a [`Spotter`] (when the manifest has a verifier): a ring of
 //!   the stream's 16-kHz samples, candidates' clips ([`Spotter::ready_clip`]) and verdicts
 //!   ([`Spotter::verdict`]).
+//! - [`streaming`]: streaming (external-state) models: [`StreamingSpotter`] keeps the model state
+//!   instead of a 98-frame ring, [`StreamScorer`] scores one hop of many streams per call.
 
 #![forbid(unsafe_code)]
 
@@ -48,6 +54,7 @@ pub mod pcm;
 pub mod resample;
 pub mod scorer;
 pub mod spotter;
+pub mod streaming;
 pub mod two_stage;
 pub mod verifier;
 
@@ -63,6 +70,9 @@ pub use spotter::{
     ApplyError, DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta,
     WireOverrides,
 };
+#[cfg(feature = "onnx")]
+pub use streaming::OnnxStreamScorer;
+pub use streaming::{StateLayout, StreamScorer, StreamingSpec, StreamingSpotter};
 pub use two_stage::{CascadeSettings, ClipScorer, ReadyClip};
 #[cfg(feature = "onnx")]
 pub use verifier::Verifier;

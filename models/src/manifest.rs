@@ -117,6 +117,9 @@ pub struct Manifest {
     /// shipped manifests so far.
     #[serde(default)]
     pub verifier: Option<VerifierSpec>,
+    /// Optional streaming (external-state) graph of the same weights (`crate::streaming`).
+    #[serde(default)]
+    pub streaming: Option<crate::streaming::StreamingSpec>,
     #[serde(skip)]
     dir: PathBuf,
 }
@@ -196,6 +199,10 @@ impl Manifest {
         if let Some(v) = &self.verifier {
             v.validate(&self.keywords).map_err(|e| format!("verifier: {e}"))?;
         }
+        if let Some(s) = &self.streaming {
+            s.validate(self.classes.len())
+                .map_err(|e| format!("streaming: {e}"))?;
+        }
         Ok(())
     }
 
@@ -233,6 +240,21 @@ impl Manifest {
             .files
             .get(variant)
             .ok_or_else(|| ModelError::Variant(variant.into(), self.variants().join(", ")))?;
+        read_checked(self.dir.join(&spec.path), &spec.sha256)
+    }
+}
+
+impl Manifest {
+    /// Read the streaming graph of `variant` and check it against the manifest's sha256.
+    pub fn read_verified_streaming(&self, variant: &str) -> Result<(PathBuf, Vec<u8>), ModelError> {
+        let files = self.streaming.as_ref().map(|s| &s.files);
+        let spec = files.and_then(|f| f.get(variant)).ok_or_else(|| {
+            let have = files.map(|f| f.keys().cloned().collect::<Vec<_>>().join(", "));
+            ModelError::Variant(
+                format!("streaming {variant}"),
+                have.unwrap_or_else(|| "none: no streaming section".into()),
+            )
+        })?;
         read_checked(self.dir.join(&spec.path), &spec.sha256)
     }
 }

@@ -22,7 +22,7 @@ from kws_train import CLASSES  # noqa: E402
 from kws_train.frontend import FRONTEND_PARAMS, mfcc  # noqa: E402
 from kws_train.stream import DecoderConfig, decode, windows  # noqa: E402
 
-MODEL_DIRS = [MODELS / "tc-resnet8", MODELS / "tc-resnet14-1.5"]
+MODEL_DIRS = [MODELS / "tc-resnet8", MODELS / "tc-resnet14-1.5", MODELS / "tc-resnet8-stream"]
 
 
 def shipped():

@@ -1,0 +1,319 @@
+//! Streaming (external-state) scoring against the windowed model of the same weights
+//! (`tc-resnet8-stream`: `model.onnx` / `model.int8.onnx` windowed, `model.stream*.onnx` streaming).
+//!
+//! The windowed graph first reproduces the model's golden trace (`golden/golden.json`, written by
+//! `kws_train.export` with Python onnxruntime): fp32 within 1e-5, int8 within 2e-3 (the int8
+//! tolerance of the golden tests across instruction sets). Then, for the golden stream, and for
+//! seeded noise and a tone sweep, the windows of a [`Spotter`] scored
+//! by the windowed graph and the hops of a [`StreamingSpotter`] scored by the streaming graph must
+//! give the same windows (sequence numbers, times) and, from the first full window on:
+//! - fp32: posteriors within [`FP32_TOLERANCE`] (the bound) and the same events;
+//! - int8 (only if the manifest ships an int8 streaming graph; `tc-resnet8-stream` 2.0.0 does not,
+//!   see models/README.md): within [`INT8_TOLERANCE`] of the windowed int8 model.
+//!
+//! Also: chunk sizes of 1, 7, 160, 1000 and 16000 samples give bit-identical streaming posteriors;
+//! three streams scored together (states concatenated on the batch dimension) equal each scored
+//! alone; a manifest whose state shapes disagree with the graph is refused.
+//!
+//! `KWS_TEST_VARIANTS` selects variants as in the golden tests (`deploy/test-isa.sh` runs this file
+//! on the emulated AVX2 and arm64 paths).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use kws_models::{
+    Encoding, Event, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat, Scorer, ScorerOptions, Spotter,
+    StreamConfig, StreamScorer, StreamingSpotter, WindowBatch, WindowMeta,
+};
+
+/// The bound for fp32: streaming == windowed from the first full window on.
+const FP32_TOLERANCE: f32 = 1e-5;
+/// int8 streaming vs int8 windowed (separately quantized graphs), any posterior.
+const INT8_TOLERANCE: f32 = 0.1;
+/// The golden trace, per variant (as `tests/golden.rs`).
+const GOLDEN_TOLERANCE: [(&str, f32); 2] = [("fp32", 1e-5), ("int8", 2e-3)];
+
+fn dir() -> PathBuf {
+    model_dir("tc-resnet8-stream")
+}
+
+/// The variants under test (`KWS_TEST_VARIANTS`) that the manifest has a streaming graph of.
+fn streaming_variants(manifest: &Manifest) -> Vec<&'static str> {
+    let files = &manifest.streaming.as_ref().unwrap().files;
+    let v: Vec<&'static str> = variants()
+        .into_iter()
+        .filter(|v| files.contains_key(*v))
+        .collect();
+    assert!(
+        !v.is_empty(),
+        "no streaming graph of {:?} in the manifest",
+        variants()
+    );
+    v
+}
+
+fn config(manifest: &Manifest) -> StreamConfig {
+    // The manifest's defaults (its hop is the streaming graph's) for s16 mono at 16 kHz.
+    let config = StreamConfig::from_manifest(manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
+    assert_eq!(config.hop_frames, manifest.streaming.as_ref().unwrap().hop_frames);
+    config
+}
+
+fn s16(x: &[f32]) -> Vec<u8> {
+    x.iter()
+        .flat_map(|v| ((v * 32768.0).round().clamp(-32768.0, 32767.0) as i16).to_le_bytes())
+        .collect()
+}
+
+/// The audio the comparisons run on: the golden stream, 3 s of seeded white noise at 0.3 full scale,
+/// 2.5 s of a 200 Hz → 6 kHz sweep.
+fn inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let g = golden(&dir());
+    let golden_stream = read_wav(&dir().join("golden").join(&g.stream.wav));
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: Vec<f32> = (0..48_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+        })
+        .collect();
+    let sweep: Vec<f32> = (0..40_000)
+        .map(|i| {
+            let t = i as f64 / 16_000.0;
+            let phase = 2.0 * std::f64::consts::PI * (200.0 * t + (5800.0 / 2.5) * t * t / 2.0);
+            (0.4 * phase.sin()) as f32
+        })
+        .collect();
+    vec![
+        ("golden stream", s16(&golden_stream)),
+        ("noise", s16(&noise)),
+        ("sweep", s16(&sweep)),
+    ]
+}
+
+/// Windows, posteriors and events of the windowed path.
+fn windowed(manifest: &Manifest, variant: &str, pcm: &[u8]) -> (Vec<WindowMeta>, Vec<f32>, Vec<Event>) {
+    let mut scorer = OnnxScorer::new(manifest, variant, &ScorerOptions::default()).unwrap();
+    let mut spotter = Spotter::new(config(manifest), manifest.num_classes()).unwrap();
+    let mut batch = WindowBatch::new();
+    spotter.push_pcm(pcm, &mut batch).unwrap();
+    spotter.finish(&mut batch).unwrap();
+    let mut probs = vec![0.0; batch.len() * scorer.num_classes()];
+    scorer.score(batch.features(), &mut probs).unwrap();
+    let c = scorer.num_classes();
+    let events = batch
+        .windows()
+        .iter()
+        .zip(probs.chunks_exact(c))
+        .filter_map(|(w, p)| spotter.apply(w, p).unwrap())
+        .collect();
+    (batch.windows().to_vec(), probs, events)
+}
+
+/// Windows, posteriors and events of the streaming path, audio pushed in chunks of `chunk` samples.
+fn streamed(
+    manifest: &Manifest,
+    scorer: &mut OnnxStreamScorer,
+    pcm: &[u8],
+    chunk: usize,
+) -> (Vec<WindowMeta>, Vec<f32>, Vec<Event>) {
+    let layout = scorer.layout().clone();
+    let mut spotter =
+        StreamingSpotter::new(config(manifest), manifest.num_classes(), layout.clone()).unwrap();
+    let (mut windows, mut all, mut events) = (Vec::new(), Vec::new(), Vec::new());
+    let mut probs = vec![0.0; scorer.num_classes()];
+    let mut state = layout.initial_state();
+    let mut drain = |spotter: &mut StreamingSpotter| {
+        while let Some((frames, st)) = spotter.next_hop() {
+            scorer.score(frames, st, &mut state, &mut probs).unwrap();
+            let (w, e) = spotter.complete_hop(&state, &probs);
+            if let Some(w) = w {
+                windows.push(w);
+                all.extend_from_slice(&probs);
+            }
+            events.extend(e);
+        }
+    };
+    for c in pcm.chunks(chunk * 2) {
+        spotter.push_pcm(c).unwrap();
+        drain(&mut spotter);
+    }
+    spotter.finish().unwrap();
+    drain(&mut spotter);
+    assert_eq!(spotter.audio_ms_processed(), spotter.audio_ms_received());
+    (windows, all, events)
+}
+
+#[test]
+fn streaming_equals_windowed_on_the_same_windows() {
+    ort();
+    let manifest = Manifest::load(dir()).unwrap();
+    let g = golden(&dir());
+    for variant in streaming_variants(&manifest) {
+        let mut scorer = OnnxStreamScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
+        for (name, pcm) in inputs() {
+            let (w_win, p_win, e_win) = windowed(&manifest, variant, &pcm);
+            if name == "golden stream" {
+                let trace = if variant == "fp32" {
+                    &g.stream.trace_fp32
+                } else {
+                    &g.stream.trace_int8
+                };
+                let want: Vec<f32> = trace.iter().flat_map(|t| t.probs.iter().copied()).collect();
+                let tol = GOLDEN_TOLERANCE.iter().find(|(v, _)| *v == variant).unwrap().1;
+                let d = max_abs_diff(&want, &p_win);
+                assert!(d <= tol, "{variant}: windowed golden trace off by {d}");
+            }
+            let (w_st, p_st, e_st) = streamed(&manifest, &mut scorer, &pcm, pcm.len());
+            assert!(!w_win.is_empty());
+            assert_eq!(w_win, w_st, "{variant} {name}: windows differ");
+            let d = max_abs_diff(&p_win, &p_st);
+            eprintln!(
+                "{variant} {name}: {} windows, max |streaming - windowed| = {d:.3e}",
+                w_win.len()
+            );
+            let tol = if variant == "fp32" {
+                FP32_TOLERANCE
+            } else {
+                INT8_TOLERANCE
+            };
+            assert!(d <= tol, "{variant} {name}: max |diff| {d} > {tol}");
+            if variant == "fp32" {
+                // Same keyword and window; the smoothed score within the posteriors' tolerance.
+                let key = |e: &Vec<Event>| {
+                    e.iter()
+                        .map(|e| (e.class, e.start_ms, e.end_ms))
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(key(&e_win), key(&e_st), "{variant} {name}: events differ");
+                for (a, b) in e_win.iter().zip(&e_st) {
+                    assert!(
+                        (a.score - b.score).abs() <= FP32_TOLERANCE,
+                        "{variant} {name}: {a:?} vs {b:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn streaming_is_chunk_size_invariant() {
+    ort();
+    let manifest = Manifest::load(dir()).unwrap();
+    let variant = streaming_variants(&manifest)[0];
+    let mut scorer = OnnxStreamScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
+    let (_, pcm) = inputs().swap_remove(0);
+    // The first 2.5 s: 76 windows, enough to cross every chunk boundary case.
+    let pcm = &pcm[..2 * 40_000];
+    let reference = streamed(&manifest, &mut scorer, pcm, pcm.len());
+    assert_eq!(reference.0.len(), 76);
+    for chunk in [1, 7, 160, 1000, 16_000] {
+        let got = streamed(&manifest, &mut scorer, pcm, chunk);
+        assert_eq!(got.0, reference.0, "chunk {chunk}: windows");
+        assert!(
+            got.1
+                .iter()
+                .zip(&reference.1)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "chunk {chunk}: posteriors differ"
+        );
+        assert_eq!(got.2, reference.2, "chunk {chunk}: events");
+    }
+}
+
+#[test]
+fn streams_batched_on_the_batch_dimension_equal_each_alone() {
+    ort();
+    let manifest = Manifest::load(dir()).unwrap();
+    for variant in streaming_variants(&manifest) {
+        let mut scorer = OnnxStreamScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
+        let layout = scorer.layout().clone();
+        let c = scorer.num_classes();
+        let pcms: Vec<Vec<u8>> = inputs()
+            .into_iter()
+            .map(|(_, p)| p[..2 * 32_000].to_vec())
+            .collect();
+        let alone: Vec<Vec<f32>> = pcms
+            .iter()
+            .map(|p| streamed(&manifest, &mut scorer, p, p.len()).1)
+            .collect();
+        let mut spotters: Vec<StreamingSpotter> = pcms
+            .iter()
+            .map(|p| {
+                let mut s = StreamingSpotter::new(config(&manifest), c, layout.clone()).unwrap();
+                s.push_pcm(p).unwrap();
+                s.finish().unwrap();
+                s
+            })
+            .collect();
+        let n = spotters.len();
+        let mut together = vec![Vec::new(); n];
+        let (mut frames, mut states_in) = (Vec::new(), Vec::new());
+        let mut states_out = vec![0.0; n * layout.len];
+        let mut probs = vec![0.0; n * c];
+        while spotters.iter().all(|s| s.pending_hops() > 0) {
+            frames.clear();
+            states_in.clear();
+            for s in &spotters {
+                let (f, st) = s.next_hop().unwrap();
+                frames.extend_from_slice(f);
+                states_in.extend_from_slice(st);
+            }
+            scorer
+                .score(&frames, &states_in, &mut states_out, &mut probs)
+                .unwrap();
+            for (i, s) in spotters.iter_mut().enumerate() {
+                let p = &probs[i * c..(i + 1) * c];
+                if s.complete_hop(&states_out[i * layout.len..(i + 1) * layout.len], p)
+                    .0
+                    .is_some()
+                {
+                    together[i].extend_from_slice(p);
+                }
+            }
+        }
+        assert!(spotters.iter().all(|s| s.pending_hops() == 0));
+        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
+            let d = max_abs_diff(a, b);
+            eprintln!("{variant} stream {i}: batch of {n} vs alone max |diff| = {d:.3e}");
+            assert!(d <= 1e-6, "{variant} stream {i}: batched differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn a_manifest_whose_states_disagree_with_the_graph_is_refused() {
+    ort();
+    let tmp = std::env::temp_dir().join(format!("kws-stream-manifest-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let src = dir();
+    let text = std::fs::read_to_string(src.join("manifest.json")).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let file = m["streaming"]["files"]["fp32"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::copy(src.join(&file), tmp.join(&file)).unwrap();
+    for (k, f) in m["files"].as_object().unwrap() {
+        let p = f["path"].as_str().unwrap();
+        if k == "fp32" {
+            std::fs::copy(src.join(p), tmp.join(p)).unwrap();
+        }
+    }
+    let cols = m["streaming"]["states"][0]["shape"][2].as_i64().unwrap();
+    m["streaming"]["states"][0]["shape"][2] = (cols + 1).into();
+    std::fs::write(tmp.join("manifest.json"), m.to_string()).unwrap();
+    let manifest = Manifest::load(&tmp).unwrap();
+    let err = OnnxStreamScorer::new(&manifest, "fp32", &ScorerOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("does not match its manifest"), "{err}");
+    let missing = OnnxStreamScorer::new(&manifest, "int9", &ScorerOptions::default()).unwrap_err();
+    assert!(missing.to_string().contains("streaming int9"), "{missing}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
