@@ -623,9 +623,11 @@ def cmd_clip_table(a) -> None:
 
 def clip_range_of(j0: int, n: int = WINDOW_EMB) -> tuple[int, int, int, int]:
     """`verifier_golden.clip_range` from a view's first embedding instead of a time."""
+    from .verifier_golden import MEL_HOP, clip_samples
+
     lead = min(max(0, -j0), n - 1)
-    start = max(j0, 0) * EMB_STEP * 160
-    return j0, start, start + (EMB_FRAMES + EMB_STEP * (n - lead - 1) + 3) * 160, lead
+    start = max(j0, 0) * EMB_STEP * MEL_HOP
+    return j0, start, start + clip_samples(n - lead), lead
 
 
 def load_clip_table(path: Path) -> dict:

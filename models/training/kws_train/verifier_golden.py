@@ -48,10 +48,9 @@ def clip_range(t_ms: int, offset_ms: int = 0, n: int = WINDOW_EMB) -> tuple[int,
     """(first embedding, start sample, end sample, lead) of a candidate at t_ms: the Rust crate's
     `View::at(..).clip()`. For a view starting before embedding 0 the clip starts at 0 and is `lead`
     embeddings shorter; the first embedding is repeated `lead` times (as `take_view` does)."""
-    j0 = view_start(t_ms, offset_ms)
-    lead = min(max(0, -j0), n - 1)
-    start = max(j0, 0) * EMB_STEP * MEL_HOP
-    return j0, start, start + clip_samples(n - lead), lead
+    from .verifier import clip_range_of
+
+    return clip_range_of(view_start(t_ms, offset_ms), n)
 
 
 def clip_view(emb: Embedder, audio: np.ndarray, lead: int, n: int = WINDOW_EMB) -> np.ndarray:
@@ -185,6 +184,7 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
     could flip between CPUs). Checked by `models/tests/golden.rs`."""
     import onnxruntime as ort
 
+    from .calibrate import cascade_decode
     from .stream import DecoderConfig, smoothing_windows
     from .streameval import smoothed_fast
 
@@ -223,22 +223,11 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
                           "end_ms": int(end[i]), "clip": [s0, min(e0, len(x))], "lead": lead, "probs": f32(p)})
             return p
 
-        # Per-keyword verifier thresholds: cascade_events takes one v, so apply each keyword's own.
-        kw = sm[:, :len(KEYWORDS)]
-        best = np.argmax(kw, axis=1)
-        score = kw[np.arange(len(kw)), best]
-        events, deadline = [], -1
-        for i in np.nonzero(score >= t1)[0]:
-            if end[i] < deadline:
-                continue
-            p = verify(int(i))
-            k = int(best[i])
-            if p[k] >= thresholds[k]:
-                events.append({"keyword": KEYWORDS[k], "score": f32(score[i]), "verifier_score": f32(p[k]),
-                               "start_ms": int(start[i]), "end_ms": int(end[i])})
-                deadline = int(end[i]) + dec.refractory_ms
-            else:
-                deadline = int(end[i]) + v["reject_gap_ms"]
+        accepted = set(cascade_decode(sm, start, end, thresholds, dec.refractory_ms, float(t1), verify,
+                                      v["reject_gap_ms"]))
+        events = [{"keyword": c["keyword"], "score": c["score"], "verifier_score": c["probs"][KEYWORDS.index(c["keyword"])],
+                   "start_ms": c["start_ms"], "end_ms": c["end_ms"]} for c in cands
+                  if (KEYWORDS.index(c["keyword"]), (c["start_ms"] + c["end_ms"]) // 2) in accepted]
         out[f"candidates_{variant}"] = cands
         out[f"events_{variant}"] = events
     out["min_verifier_margin"] = round(min(margins), 4) if margins else None
