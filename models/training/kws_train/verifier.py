@@ -591,7 +591,7 @@ def cmd_clip_table(a) -> None:
     import onnxruntime as ort
 
     from .streameval import read_wav
-    from .verifier_golden import clip_range, clip_view
+    from .verifier_golden import clip_view
 
     emb = Embedder(find_feature_models(a.features), 1)
     so = ort.SessionOptions()
@@ -642,7 +642,7 @@ def load_clip_table(path: Path) -> dict:
 
 
 def cmd_cascade(a) -> None:
-    from .streameval import grid_events, match_events, operating_point
+    from .streameval import grid_events, match_events
 
     dec = json.loads((a.cache / "decoder.json").read_text())
     files = load_cache(a.cache)
