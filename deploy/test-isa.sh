@@ -16,7 +16,8 @@
 #   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip), the streaming test
 #      (tests/streaming.rs: tc-resnet8-stream's streaming graph vs its windowed graph on the same
 #      windows at 1e-5, chunk sizes, batching; fp32: it ships no int8 streaming graph, so the
-#      int8-only AVX2 run above has nothing to add) and isa_parity (int8)
+#      int8-only AVX2 run above has nothing to add; its cascade-on-streaming test runs natively
+#      only, like the shipped cascade's golden) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
 #      extension), then isa_parity again on a CPU with the dot product only (Neoverse-N1) and on one

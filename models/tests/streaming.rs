@@ -17,7 +17,8 @@
 //!
 //! The cascade: with `models/tc-resnet8`'s verifier section applied to the stream model, the
 //! golden stream's verified events through the streaming first stage equal those through the
-//! windowed one (fp32), and do not depend on the chunk size.
+//! windowed one (fp32), and do not depend on the chunk size (natively only: skipped with
+//! `KWS_VERIFIER_QUICK=1`, as the shipped cascade golden is).
 //!
 //! `KWS_TEST_VARIANTS` selects variants as in the golden tests (`deploy/test-isa.sh` runs this file
 //! on the emulated AVX2 and arm64 paths).
@@ -375,6 +376,14 @@ fn cascade_streamed(
 
 #[test]
 fn the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade() {
+    // Emulated paths (`deploy/test-isa.sh`): an embedding costs seconds there and this runs ~20 clips;
+    // the streaming posteriors the cascade reads are checked there by the tests above.
+    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
+        println!(
+            "the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade: skipped (KWS_VERIFIER_QUICK=1)"
+        );
+        return;
+    }
     ort();
     let manifest = Manifest::load(dir()).unwrap();
     let (config, mut verifier) = cascaded(&manifest);
