@@ -161,6 +161,20 @@ async fn a_streaming_model_gives_identical_reports_through_the_server_and_local(
     assert_eq!(remote["model"]["name"], "tc-resnet8-stream:fp32");
     assert_eq!(remote["hop_ms"], 20);
     assert_eq!(remote, local, "server and --local reports differ");
+    // `models` says how it is served.
+    let out = kws_client(args(&["--addr", &addr, "models", "--json"]), None).await;
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(
+        (m["streaming"].as_bool(), m["state_bytes_per_stream"].as_u64()),
+        (Some(true), Some(7648))
+    );
+    let out = kws_client(args(&["--addr", &addr, "models"]), None).await;
+    assert!(
+        stdout(&out).contains("streaming: scored hop by hop (20 ms) from 7648 bytes"),
+        "{}",
+        stdout(&out)
+    );
     // A hop the streaming graph does not score is refused locally too.
     let bad = [&local_args[..], &["--hop-ms", "40"]].concat();
     let out = kws_client(args(&bad), None).await;
