@@ -68,16 +68,19 @@ class ConvPlan:
         return (self.kernel - 1) * self.dilation + 1 - self.stride
 
 
-def plan(channels: tuple[int, ...], stem_kernel: int, kernel: int, pool: int, hop: int,
+def plan(channels: tuple[int, ...], stem_kernel: int, kernel: int | tuple[int, ...], pool: int, hop: int,
          num_mfcc: int = NUM_MFCC) -> tuple[list[ConvPlan], tuple[int, int]]:
     """The convs (stem, then conv1/conv2 per block) on their grids, and the pooling state
-    (channels, columns). `hop` must divide the total stride or be a multiple of it."""
+    (channels, columns). `kernel`: of every block, or one per block. `hop` must divide the total
+    stride or be a multiple of it."""
     total = 2 ** sum(a != b for a, b in zip(channels[:-1], channels[1:]))
     if not (total % hop == 0 or hop % total == 0):
         raise ValueError(f"hop {hop} neither divides nor is a multiple of the total stride {total}")
     convs = [ConvPlan("stem", num_mfcc, stem_kernel, 1, 1)]
+    kernels = (kernel,) * (len(channels) - 1) if isinstance(kernel, int) else tuple(kernel)
+    assert len(kernels) == len(channels) - 1, (kernel, channels)
     nominal, grid = 1, 1  # spacing (frames) of the current layer's nominal and computed columns
-    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+    for i, (a, b, kernel) in enumerate(zip(channels[:-1], channels[1:], kernels)):
         s = 1 if a == b else 2
         out_nominal = nominal * s
         out_grid = min(out_nominal, hop)
@@ -329,24 +332,23 @@ def geometry(wq: dict) -> tuple[tuple[int, ...], int, int, int, int]:
     """(channels, stem kernel, block kernel, pool, num_mfcc) of a windowed graph from its weights
     (`_windowed_quant`); `pool` from the window: receptive field + (pool - 1) x total stride = 98."""
     stem = wq["stem"]["weight"]["q"].shape  # [C0, num_mfcc, K]
-    channels, kernels = [stem[0]], set()
+    channels, kernels = [stem[0]], []
     i = 1
     while f"b{i}_conv1" in wq:
         w = wq[f"b{i}_conv1"]["weight"]["q"].shape
-        assert w[1] == channels[-1], (i, w)
+        assert w[1] == channels[-1] and wq[f"b{i}_conv2"]["weight"]["q"].shape[2] == w[2], (i, w)
         channels.append(w[0])
-        kernels |= {w[2], wq[f"b{i}_conv2"]["weight"]["q"].shape[2]}
+        kernels.append(int(w[2]))
         i += 1
-    assert len(kernels) == 1, kernels
-    (kernel,) = kernels
     rf, stride = stem[2], 1
-    for a, b in zip(channels[:-1], channels[1:]):
-        rf += (kernel - 1) * stride
+    for a, b, k in zip(channels[:-1], channels[1:], kernels):
+        rf += (k - 1) * stride
         stride *= 1 if a == b else 2
-        rf += (kernel - 1) * stride
+        rf += (k - 1) * stride
     pool, rest = divmod(WINDOW_FRAMES - rf, stride)
     assert rest == 0, (rf, stride)
-    return tuple(int(c) for c in channels), int(stem[2]), int(kernel), pool + 1, int(stem[1])
+    kernel = kernels[0] if len(set(kernels)) == 1 else tuple(kernels)
+    return tuple(int(c) for c in channels), int(stem[2]), kernel, pool + 1, int(stem[1])
 
 
 def build_int8(windowed_int8: Path, hop: int):
@@ -640,7 +642,7 @@ def export(a) -> None:
 
         win8 = onnx.load(str(a.model_dir / m["files"]["int8"]["path"]))
         assert geometry(_windowed_quant(win8.graph)) == (tuple(spec.channels), spec.stem_kernel, spec.kernel,
-                                                         spec.pool, NUM_MFCC)
+                                                         spec.pool, NUM_MFCC), "model.int8.onnx is not this run's"
         section["files"]["int8"] = write_int8(a.model_dir, a.hop)
         section["quantization"] = int8_record(m)
     mpath.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -659,6 +661,86 @@ def export_int8(a) -> None:
     _record_diffs(mpath, m)
 
 
+def cost_only(a) -> None:
+    """An untrained (random-init, BN folded) windowed + streaming fp32 pair of a streamable arch, with
+    a manifest the Rust crate loads (the template's schema; version `0.0.0-cost-only`, no thresholds,
+    no golden; int8 only with --int8), for measuring cost, which does not depend on the weights. Not a model:
+    its posteriors mean nothing."""
+    import torch
+
+    from . import CLASSES
+    from .export import export_onnx as export_windowed
+    from .export import fold_bn
+    from .model import TCResNet, count_flops, count_params
+
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(1)
+    net = TCResNet(a.arch, num_classes=len(CLASSES)).eval()
+    if net.spec is None:
+        raise SystemExit(f"{a.arch} is not streamable (model.STREAM_ARCHS)")
+    spec = net.spec
+    a.out.mkdir(parents=True, exist_ok=True)
+    folded = fold_bn(net)
+    export_windowed(folded, a.out / "model.onnx")
+    states = export_onnx(folded, a.hop, a.out / STREAM_FILES["fp32"])
+    m = json.loads(a.template.read_text())
+    for k in ("training", "metrics", "quantization", "operating_point", "cascade", "verifier"):
+        m.pop(k, None)
+    flops = count_flops(net)
+    m.update({
+        "name": f"{a.arch}-cost-only", "version": "0.0.0-cost-only", "arch": a.arch,
+        "thresholds": {},
+        "params": count_params(net), "flops": flops,
+        "files": {"fp32": _file(a.out / "model.onnx")},
+        "cost_only": f"UNTRAINED: random initialization (torch seed {a.seed}), BatchNorm folded; for cost "
+                     "measurements only (python -m kws_train.streaming cost-only). Posteriors are meaningless.",
+    })
+    m["window"]["default_hop_frames"] = a.hop
+    m["streaming"] = {
+        "hop_frames": a.hop, "lead_frames": lead_frames(a.hop), "first_valid_call": first_valid_call(a.hop),
+        "input": {"name": "frames", "shape": [-1, a.hop, NUM_MFCC], "dtype": "float32"},
+        "output": {"name": "probs", "shape": [-1, len(CLASSES)], "dtype": "float32", "activation": "softmax"},
+        "states": states,
+        "state_floats_per_stream": sum(int(np.prod(s["shape"][1:])) for s in states),
+        "files": {"fp32": _file(a.out / STREAM_FILES["fp32"])},
+        "flops_per_stream_second": {
+            "streaming": flops_per_second(spec.channels, spec.stem_kernel, spec.kernel, spec.pool, a.hop)["streaming"],
+            "windowed": flops * 100 / a.hop},
+    }
+    from .frontend import mfcc
+
+    feats = {"noise": mfcc(np.random.default_rng(3).uniform(-0.5, 0.5, 96000).astype(np.float32)),
+             "random frames": random_frames(600, 3)}
+    if a.int8:
+        # int8 costs: the windowed graph quantized as the shipped ones (quant.DEFAULT_SPEC), calibrated
+        # on noise at 8 levels and random frames (meaningless for accuracy, as the weights are), and
+        # its streaming graph by build_int8.
+        import onnx
+
+        from .quant import DEFAULT_SPEC, quantize
+
+        rng = np.random.default_rng(a.seed)
+        calib = [mfcc((rng.uniform(-1, 1, 32000) * lvl).astype(np.float32)) for lvl in np.geomspace(0.003, 0.9, 8)]
+        calib.append(random_frames(800, a.seed))
+        wins = np.stack([f[e - WINDOW_FRAMES + 1:e + 1] for f in calib for e in range(WINDOW_FRAMES - 1, len(f), 5)])
+        quantize(a.out / "model.onnx", a.out / "model.int8.onnx", wins[:len(wins) // 64 * 64], DEFAULT_SPEC)
+        m["files"]["int8"] = _file(a.out / "model.int8.onnx")
+        onnx.save(build_int8(a.out / "model.int8.onnx", a.hop), str(a.out / STREAM_FILES["int8"]))
+        m["streaming"]["files"]["int8"] = _file(a.out / STREAM_FILES["int8"])
+    # Exactness of the pairs (no golden stream here): noise audio and random frames.
+    diffs = {}
+    for kind in m["streaming"]["files"]:
+        ws, ss = session(a.out / m["files"][kind]["path"]), session(a.out / m["streaming"]["files"][kind]["path"])
+        for k, f in feats.items():
+            d = np.abs(run_windows(ws, f, a.hop) - run_stream(ss, f, a.hop, states)).max()
+            diffs[f"{kind} {k}"] = float(f"{d:.3g}")
+    m["streaming"]["max_abs_diff_vs_windowed"] = diffs
+    (a.out / "manifest.json").write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    print(json.dumps({k: m[k] for k in ("name", "params", "flops")} | {
+        k: m["streaming"][k] for k in ("state_floats_per_stream", "flops_per_stream_second",
+                                       "max_abs_diff_vs_windowed")}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -670,6 +752,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="also model.stream.int8.onnx from the windowed model.int8.onnx (build_int8)")
     i = sub.add_parser("int8", help="only model.stream.int8.onnx, from the windowed int8 graph (no torch)")
     i.add_argument("--model-dir", type=Path, required=True)
+    k = sub.add_parser("cost-only", help="an UNTRAINED windowed + streaming fp32 pair and manifest, for cost")
+    k.add_argument("--arch", required=True)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--template", type=Path, default=Path(__file__).resolve().parents[2] / "tc-resnet8-stream"
+                   / "manifest.json")
+    k.add_argument("--hop", type=int, default=2)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--int8", action="store_true", help="also int8 (calibrated on noise: cost only)")
     c = sub.add_parser("check", help="streaming vs windowed on the golden stream and noise")
     c.add_argument("--model-dir", type=Path, required=True)
     c.add_argument("--hop", type=int)
@@ -678,6 +768,8 @@ def main(argv: list[str] | None = None) -> None:
         export(a)
     elif a.cmd == "int8":
         export_int8(a)
+    elif a.cmd == "cost-only":
+        cost_only(a)
     else:
         print(json.dumps(check(a.model_dir, a.hop), indent=1))
 
