@@ -20,8 +20,9 @@
 #      windows, fp32 at 1e-5 and int8 at 1e-6, chunk sizes, batching) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
-#      extension), then isa_parity again on a CPU with the dot product only (Neoverse-N1) and on one
-#      with neither (Cortex-A53): ONNX Runtime has an int8 kernel family for each.
+#      extension), then isa_parity and the int8 streaming test again on a CPU with the dot product
+#      only (Neoverse-N1) and on one with neither (Cortex-A53): ONNX Runtime has an int8 kernel
+#      family for each.
 #
 #   deploy/test-isa.sh [extra cargo test arguments for steps 3 and 4, e.g. -- --nocapture]
 #
@@ -64,10 +65,11 @@ else
     cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu "$@"
 fi
 
-# Phones differ in their int8 instructions: the other two kernel families, int8 parity only.
+# Phones differ in their int8 instructions: the other two kernel families, int8 only (parity, and
+# the int8 streaming graph vs the windowed one).
 for cpu in neoverse-n1:neon-dotprod cortex-a53:neon; do
   echo "test-isa: aarch64 under qemu-aarch64 -cpu ${cpu%%:*} (${cpu##*:} kernels)"
   KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH="arm64-${cpu##*:}" KWS_EXPECT_INT8_KERNELS="${cpu##*:}" KWS_TEST_VARIANTS=int8 \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu ${cpu%%:*} -L /usr/aarch64-linux-gnu" \
-    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity "$@"
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity --test streaming "$@"
 done
