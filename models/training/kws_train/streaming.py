@@ -325,6 +325,12 @@ def _windowed_quant(graph) -> dict:
         if t in producer and producer[t].op_type == "DequantizeLinear":
             rec["pre"] = qparams(producer[t])
         out[name] = rec
+    # Only the convs' and the linear layer's inputs and outputs are quantized (quant.DEFAULT_SPEC's
+    # ops "conv"): a graph with other QuantizeLinears (e.g. int8 residual additions) would have
+    # tensors without a counterpart in build_int8.
+    n_q = sum(n.op_type == "QuantizeLinear" for n in graph.node)
+    if n_q != 2 * len(out):
+        raise ValueError(f"{n_q} QuantizeLinear nodes for {len(out)} convs/linear: not a conv-only QDQ graph")
     return out
 
 
