@@ -219,7 +219,7 @@ fn random_frames(frames: usize, mut seed: u64) -> Vec<f32> {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let u = (seed >> 40) as f32 / (1u64 << 24) as f32;
-            if seed % 50 == 0 {
+            if seed.is_multiple_of(50) {
                 (u - 0.5) * 400.0
             } else {
                 (u - 0.5) * 50.0
