@@ -12,16 +12,18 @@
 #      the int8 models only (fp32 does not saturate anywhere, and emulated fp32 takes minutes);
 #      Also the verifier's golden test (tests/verifier.rs, fp32 speech-embedding models and head vs
 #      Python onnxruntime) on one clip (KWS_VERIFIER_QUICK=1: an embedding costs seconds under TCG;
-#      the shipped cascade's golden, 18 clips, runs natively only);
+#      the shipped cascade's golden, 18 clips, runs natively only), and the streaming test
+#      (tests/streaming.rs, int8 only: tc-resnet8-stream's int8 streaming graph vs its windowed int8
+#      graph at 1e-6);
 #   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip), the streaming test
-#      (tests/streaming.rs: tc-resnet8-stream's streaming graph vs its windowed graph on the same
-#      windows at 1e-5, chunk sizes, batching; fp32: it ships no int8 streaming graph, so the
-#      int8-only AVX2 run above has nothing to add; its cascade-on-streaming test runs natively
-#      only, like the shipped cascade's golden) and isa_parity (int8)
+#      (tests/streaming.rs: tc-resnet8-stream's streaming graphs vs its windowed graphs on the same
+#      windows, fp32 at 1e-5 and int8 at 1e-6, chunk sizes, batching; its cascade-on-streaming test
+#      runs natively only, like the shipped cascade's golden) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
-#      extension), then isa_parity again on a CPU with the dot product only (Neoverse-N1) and on one
-#      with neither (Cortex-A53): ONNX Runtime has an int8 kernel family for each.
+#      extension), then isa_parity and the int8 streaming test again on a CPU with the dot product
+#      only (Neoverse-N1) and on one with neither (Cortex-A53): ONNX Runtime has an int8 kernel
+#      family for each.
 #
 #   deploy/test-isa.sh [extra cargo test arguments for steps 3 and 4, e.g. -- --nocapture]
 #
@@ -49,7 +51,7 @@ KWS_ORT_LIB="$x86_lib" cargo test --locked -p kws-models --test isa_parity
 echo "test-isa: x86-64 AVX2 path under qemu-x86_64 -cpu Haswell-v4"
 KWS_ORT_LIB="$x86_lib" KWS_ISA_PATH=x86-avx2 KWS_EXPECT_INT8_KERNELS=avx2 KWS_TEST_VARIANTS=int8 \
   KWS_VERIFIER_QUICK=1 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="qemu-x86_64 -cpu Haswell-v4" \
-  cargo test --locked -p kws-models --test golden --test isa_parity --test verifier "$@"
+  cargo test --locked -p kws-models --test golden --test isa_parity --test verifier --test streaming "$@"
 
 echo "test-isa: aarch64 under qemu-aarch64 (cpu max: NEON i8mm kernels)"
 if [ ${#tests[@]} -gt 0 ]; then
@@ -64,10 +66,11 @@ else
     cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu "$@"
 fi
 
-# Phones differ in their int8 instructions: the other two kernel families, int8 parity only.
+# Phones differ in their int8 instructions: the other two kernel families, int8 only (parity, and
+# the int8 streaming graph vs the windowed one).
 for cpu in neoverse-n1:neon-dotprod cortex-a53:neon; do
   echo "test-isa: aarch64 under qemu-aarch64 -cpu ${cpu%%:*} (${cpu##*:} kernels)"
   KWS_ORT_LIB="$arm_lib" KWS_ISA_PATH="arm64-${cpu##*:}" KWS_EXPECT_INT8_KERNELS="${cpu##*:}" KWS_TEST_VARIANTS=int8 \
     CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu ${cpu%%:*} -L /usr/aarch64-linux-gnu" \
-    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity "$@"
+    cargo test --locked -p kws-models --target aarch64-unknown-linux-gnu --test isa_parity --test streaming "$@"
 done

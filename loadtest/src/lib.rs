@@ -140,11 +140,13 @@ pub async fn run(
         &cfg.rates,
         cfg.step.duration_ms,
         &cfg.step.model,
+        cfg.step.first_stage_only,
     )
     .await?;
     let mut report = RunReport {
         addr: cfg.conn.addr.clone(),
         model: cfg.step.model.clone(),
+        first_stage_only: cfg.step.first_stage_only,
         wavs: cfg.wavs.iter().map(|p| p.display().to_string()).collect(),
         rates: cfg.rates.clone(),
         expected_per_stream: variants.iter().map(|v| v.expected.len() as u64).collect(),

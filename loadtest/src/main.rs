@@ -62,6 +62,10 @@ struct Cli {
     /// Served model; default: the server's default.
     #[arg(long, default_value = "")]
     model: String,
+    /// Streams ask for the first stage's events alone (`StreamConfig.first_stage_only`): a model
+    /// with a verifier runs without it, to measure the first stage's cost.
+    #[arg(long)]
+    first_stage_only: bool,
     /// p99 latency budget, ms (pass/fail of a step).
     #[arg(long, default_value_t = 200.0)]
     budget_ms: f64,
@@ -156,6 +160,7 @@ async fn run(cli: Cli) -> ExitCode {
             rates: cli.rates.clone(),
             wavs: cli.wavs.len(),
             model: cli.model.clone(),
+            first_stage_only: cli.first_stage_only,
             match_tolerance_ms: cli.match_tolerance_ms,
             streams_per_connection: cli.streams_per_connection,
             budget_ms: cli.budget_ms,

@@ -94,13 +94,15 @@ pub fn looped_pcm(wav: &Path, rate: u32, duration_ms: u64) -> Result<Vec<u8>, Lo
     Ok(out)
 }
 
-/// Build every (WAV, rate) variant and ask the server for its events (one stream at a time, unpaced).
+/// Build every (WAV, rate) variant and ask the server for its events (one stream at a time, unpaced,
+/// with the run's `first_stage_only`).
 pub async fn prepare(
     client: &Client,
     wavs: &[PathBuf],
     rates: &[u32],
     duration_ms: u64,
     model: &str,
+    first_stage_only: bool,
 ) -> Result<Vec<Arc<Variant>>, LoadError> {
     let mut out = Vec::new();
     for wav in wavs {
@@ -113,6 +115,7 @@ pub async fn prepare(
             };
             let mut config = format.stream_config();
             config.model = model.to_string();
+            config.first_stage_only = first_stage_only;
             config.disable_progress = true;
             config.client_stream_id = "kws-loadtest-calibration".into();
             let opts = SendOptions {

@@ -74,6 +74,9 @@ pub struct StepReport {
 pub struct RunReport {
     pub addr: String,
     pub model: String,
+    /// The streams asked for the first stage's events alone (no verifier).
+    #[serde(default)]
+    pub first_stage_only: bool,
     pub wavs: Vec<String>,
     pub rates: Vec<u32>,
     /// Expected events per stream, per (wav, rate) variant.

@@ -36,6 +36,9 @@ pub struct StepConfig {
     pub rates: Vec<u32>,
     pub wavs: usize,
     pub model: String,
+    /// Ask for the first stage's events alone (`StreamConfig.first_stage_only`): no verifier on a
+    /// model with one.
+    pub first_stage_only: bool,
     /// An event matches an expected one of the same keyword whose window end is within this, ms.
     pub match_tolerance_ms: u64,
     /// Streams per HTTP/2 connection (1 = one connection per stream, like independent clients).
@@ -130,6 +133,7 @@ async fn run_stream(
     let format = variant.format;
     let mut config = format.stream_config();
     config.model = cfg.model.clone();
+    config.first_stage_only = cfg.first_stage_only;
     config.progress_interval_ms = 1000;
     config.client_stream_id = "kws-loadtest".into();
     let stream = match client.open(config).await {

@@ -67,6 +67,7 @@ fn config(addr: &str, streams: usize, duration_ms: u64, ramp_up_ms: u64, rates: 
             rates,
             wavs: 1,
             model: String::new(),
+            first_stage_only: false,
             match_tolerance_ms: 0,
             streams_per_connection: 1,
             budget_ms: 10_000.0, // CI machines are busy: the verdict here is about losses, not speed
@@ -119,6 +120,20 @@ async fn four_real_time_streams_lose_no_event() {
     assert!(s.wall_s >= 3.0, "{}", s.wall_s);
     let u = s.server.as_ref().expect("server usage from /proc");
     assert!(u.cpu_seconds > 0.0 && u.rss_bytes_peak > 0.0, "{u:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_stage_only_streams_get_the_first_stages_events() {
+    let (addr, _stop) = server(16).await;
+    let mut cfg = config(&addr, 2, 3_000, 500, vec![16_000]);
+    cfg.step.first_stage_only = true;
+    let r = run(cfg).await;
+    // Without the verifier the "yes" cut by the stream's start is an event too.
+    assert!(r.first_stage_only);
+    assert_eq!(r.expected_per_stream, vec![2]);
+    let s = &r.steps[0];
+    assert!(s.pass, "{:?}", s.fail_reasons);
+    assert_eq!((s.expected_events, s.received_events, s.lost_events), (4, 4, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

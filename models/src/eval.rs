@@ -95,52 +95,75 @@ pub fn match_events(events: &[(usize, u64)], labels: &[Label], keywords: usize, 
 #[derive(Debug, Clone)]
 pub struct GridDecoder {
     grid: Vec<f32>,
+    /// Grid indices by ascending threshold (the service's grid is ascending already; a caller's
+    /// grid need not be).
+    ascending: Vec<usize>,
+    /// The lowest grid threshold: a window whose keywords all score below it fires nowhere.
+    floor: f32,
     keywords: Vec<usize>,
     refractory_ms: u64,
     deadlines: Vec<u64>,
     /// Per grid point: (class, event time).
     events: Vec<Vec<(usize, u64)>>,
     max_events: usize,
+    /// Events over all grid points.
+    stored: usize,
     truncated: bool,
 }
 
 impl GridDecoder {
     /// `keywords`: enabled keyword indices; at most `max_events` events are kept over all grid points.
     pub fn new(grid: &[f32], keywords: &[usize], refractory_ms: u32, max_events: usize) -> Self {
+        let mut ascending: Vec<usize> = (0..grid.len()).collect();
+        ascending.sort_by(|&a, &b| grid[a].total_cmp(&grid[b]));
+        let floor = ascending.first().map_or(f32::INFINITY, |&g| grid[g]);
         Self {
             grid: grid.to_vec(),
+            ascending,
+            floor,
             keywords: keywords.to_vec(),
             refractory_ms: u64::from(refractory_ms),
             deadlines: vec![0; grid.len()],
             events: vec![Vec::new(); grid.len()],
             max_events,
+            stored: 0,
             truncated: false,
         }
     }
 
     /// Feed one window's smoothed posteriors (all classes, as from [`crate::Spotter::smoothed`]).
+    ///
+    /// At grid threshold `t` the window fires the best-scoring enabled keyword among those scoring
+    /// at least `t`, unless that point is in its refractory period. That keyword is the same for
+    /// every `t` up to the window's best score (the first best in keyword order), so it is found
+    /// once, and only the grid points at or below that score are visited: a window below the
+    /// lowest threshold (most windows of most streams) costs one pass over the keywords.
     pub fn observe(&mut self, w: &WindowMeta, smoothed: &[f32]) {
         if self.truncated {
             return;
         }
-        let time = event_time(w.start_ms, w.end_ms);
-        for (g, &t) in self.grid.iter().enumerate() {
-            if w.end_ms < self.deadlines[g] {
-                continue;
-            }
-            let mut best: Option<(usize, f32)> = None;
-            for &k in &self.keywords {
-                let s = smoothed.get(k).copied().unwrap_or(0.0);
-                if s >= t && best.is_none_or(|(_, b)| s > b) {
-                    best = Some((k, s));
-                }
-            }
-            if let Some((k, _)) = best {
-                self.deadlines[g] = w.end_ms + self.refractory_ms;
-                self.events[g].push((k, time));
+        let mut best: Option<(usize, f32)> = None;
+        for &k in &self.keywords {
+            let s = smoothed.get(k).copied().unwrap_or(0.0);
+            if s >= self.floor && best.is_none_or(|(_, b)| s > b) {
+                best = Some((k, s));
             }
         }
-        if self.events.iter().map(Vec::len).sum::<usize>() >= self.max_events {
+        let Some((k, score)) = best else {
+            return;
+        };
+        let time = event_time(w.start_ms, w.end_ms);
+        for &g in &self.ascending {
+            if self.grid[g] > score {
+                break;
+            }
+            if w.end_ms >= self.deadlines[g] {
+                self.deadlines[g] = w.end_ms + self.refractory_ms;
+                self.events[g].push((k, time));
+                self.stored += 1;
+            }
+        }
+        if self.stored >= self.max_events {
             self.truncated = true;
         }
     }
@@ -193,6 +216,94 @@ mod tests {
         let labels = [l(0, 1000, 1200), l(0, 1400, 1600)];
         let c = match_events(&[(0, 1300), (0, 1350)], &labels, 1, 500);
         assert_eq!((c.tp[0], c.fp[0], c.fn_[0]), (2, 0, 0));
+    }
+
+    /// The rule in its plain form: each grid point on its own, every keyword compared at every point.
+    fn naive_grid(
+        grid: &[f32],
+        keywords: &[usize],
+        refractory_ms: u64,
+        windows: &[(WindowMeta, Vec<f32>)],
+    ) -> Vec<Vec<(usize, u64)>> {
+        let mut deadlines = vec![0; grid.len()];
+        let mut events = vec![Vec::new(); grid.len()];
+        for (w, smoothed) in windows {
+            for (g, &t) in grid.iter().enumerate() {
+                if w.end_ms < deadlines[g] {
+                    continue;
+                }
+                let mut best: Option<(usize, f32)> = None;
+                for &k in keywords {
+                    let s = smoothed.get(k).copied().unwrap_or(0.0);
+                    if s >= t && best.is_none_or(|(_, b)| s > b) {
+                        best = Some((k, s));
+                    }
+                }
+                if let Some((k, _)) = best {
+                    deadlines[g] = w.end_ms + refractory_ms;
+                    events[g].push((k, event_time(w.start_ms, w.end_ms)));
+                }
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn grid_matches_the_plain_rule_on_random_streams() {
+        // xorshift: deterministic, no dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Ascending (the service's), unsorted, and with a point repeated.
+        let grids: [&[f32]; 3] = [
+            &[0.05, 0.3, 0.5, 0.9, 0.99, 0.999],
+            &[0.9, 0.2, 0.6, 0.99],
+            &[0.5, 0.5, 0.7],
+        ];
+        for grid in grids {
+            for keywords in [vec![0, 1, 2, 3], vec![1, 3]] {
+                // Scores from a few levels, so ties between keywords and scores equal to a grid
+                // point happen often; long and short runs above the thresholds.
+                let levels = [0.0, 0.04, 0.05, 0.2, 0.5, 0.5, 0.6, 0.9, 0.99, 0.995, 0.999, 1.0];
+                let windows: Vec<(WindowMeta, Vec<f32>)> = (0..3000u64)
+                    .map(|i| {
+                        let w = WindowMeta {
+                            seq: i,
+                            start_ms: i * 20,
+                            end_ms: i * 20 + 980,
+                        };
+                        let quiet = next() % 3 == 0;
+                        let s = (0..5)
+                            .map(|_| {
+                                if quiet {
+                                    0.01
+                                } else {
+                                    levels[(next() % levels.len() as u64) as usize]
+                                }
+                            })
+                            .collect();
+                        (w, s)
+                    })
+                    .collect();
+                let mut g = GridDecoder::new(grid, &keywords, 300, usize::MAX);
+                for (w, s) in &windows {
+                    g.observe(w, s);
+                }
+                let want = naive_grid(grid, &keywords, 300, &windows);
+                assert!(want.iter().map(Vec::len).sum::<usize>() > 100, "the streams fire");
+                for (i, events) in want.iter().enumerate() {
+                    assert_eq!(
+                        g.events(i),
+                        events.as_slice(),
+                        "grid {grid:?} point {i}, keywords {keywords:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

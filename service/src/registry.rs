@@ -354,3 +354,33 @@ pub fn runtime_info() -> v1::Runtime {
         int8_kernels: cpu.int8_kernels.as_str().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streaming_model_is_served_streaming_unless_windowed_and_falls_back_to_fp32() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let mut m = Manifest::load(dir.join("tc-resnet8-stream")).expect("manifest");
+        assert_eq!(streaming_variant(&m, "fp32", false).as_deref(), Some("fp32"));
+        assert_eq!(streaming_variant(&m, "fp32", true), None, ":windowed");
+        // Without an int8 streaming graph (as tc-resnet8-stream 2.0.0 first shipped): fp32.
+        if let Some(s) = m.streaming.as_mut() {
+            s.files.remove("int8");
+        }
+        assert_eq!(streaming_variant(&m, "int8", false).as_deref(), Some("fp32"));
+        // With one (added later, e.g. by `kws_train.streaming int8`): picked up as it is.
+        if let Some(s) = m.streaming.as_mut() {
+            let fp32 = s.files["fp32"].clone();
+            s.files.insert("int8".into(), fp32);
+        }
+        assert_eq!(streaming_variant(&m, "int8", false).as_deref(), Some("int8"));
+        let windowed = Manifest::load(dir.join("tc-resnet8")).expect("manifest");
+        assert_eq!(
+            streaming_variant(&windowed, "int8", false),
+            None,
+            "no streaming section"
+        );
+    }
+}

@@ -35,16 +35,19 @@ class StreamSpec:
     """Geometry of a streamable (valid-convolution) TC-ResNet."""
     channels: tuple[int, ...]
     stem_kernel: int
-    kernel: int
+    kernel: int | tuple[int, ...]  # of both convs of every block, or one per block
     pool: int  # final columns averaged (at the final layer's stride)
+
+    def block_kernels(self) -> tuple[int, ...]:
+        return block_kernels(self.kernel, len(self.channels) - 1)
 
     def receptive_field(self) -> int:
         rf, stride = self.stem_kernel, 1
-        for a, b in zip(self.channels[:-1], self.channels[1:]):
+        for a, b, k in zip(self.channels[:-1], self.channels[1:], self.block_kernels()):
             s = 1 if a == b else 2
-            rf += (self.kernel - 1) * stride  # conv1 (strided) reads the input grid
+            rf += (k - 1) * stride  # conv1 (strided) reads the input grid
             stride *= s
-            rf += (self.kernel - 1) * stride  # conv2 reads conv1's grid
+            rf += (k - 1) * stride  # conv2 reads conv1's grid
         return rf
 
     def total_stride(self) -> int:
@@ -55,8 +58,23 @@ class StreamSpec:
         return self.receptive_field() + (self.pool - 1) * self.total_stride()
 
 
+def block_kernels(kernel: int | tuple[int, ...], blocks: int) -> tuple[int, ...]:
+    """The kernel of each block's convs: one for all blocks, or one per block."""
+    ks = (kernel,) * blocks if isinstance(kernel, int) else tuple(kernel)
+    if len(ks) != blocks:
+        raise ValueError(f"{len(ks)} kernels for {blocks} blocks")
+    return ks
+
+
 STREAM_ARCHS = {
     "tc-resnet8-stream": StreamSpec((16, 24, 32, 48), stem_kernel=6, kernel=5, pool=2),
+    # TC-ResNet14-1.5's channels and strides (6 blocks, total stride 8). With valid convolutions one
+    # kernel for all blocks does not fit 98 frames (receptive field = stem + 49 (k - 1): k = 3 alone
+    # needs 98 + stem), so the kernel shrinks as the stride grows: every block's conv2 spans 8 frames
+    # (5 taps at stride 2, 3 at 4, 2 at 8); receptive field 6 + 84 = 90, two final columns = 98.
+    # Defined for cost measurements (kws_train.streaming cost-only); not trained or shipped.
+    "tc-resnet14-1.5-stream": StreamSpec((24, 36, 36, 48, 48, 72, 72), stem_kernel=6, kernel=(5, 5, 3, 3, 2, 2),
+                                         pool=2),
 }
 
 
@@ -123,7 +141,8 @@ class TCResNet(nn.Module):
                 raise ValueError(f"{arch}: cmn (a mean over the whole window) cannot be streamed")
             ch = list(self.spec.channels)
             self.stem = nn.Sequential(valid_conv_bn(num_mfcc, ch[0], self.spec.stem_kernel), nn.ReLU())
-            self.blocks = nn.Sequential(*[ValidBlock(a, b, self.spec.kernel) for a, b in zip(ch[:-1], ch[1:])])
+            self.blocks = nn.Sequential(*[ValidBlock(a, b, k) for a, b, k in
+                                          zip(ch[:-1], ch[1:], self.spec.block_kernels())])
             self.dropout = nn.Dropout(dropout)
             self.fc = nn.Linear(ch[-1], num_classes)
             return

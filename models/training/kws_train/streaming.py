@@ -25,8 +25,16 @@ at frame 97; the probabilities of call `i` (0-based) are the window ending at fr
 `hop (i + 1) - lead - 1`, valid from call `(98 + lead) / hop - 1` on. Earlier calls see the zero
 states and are not windows.
 
+# int8
+`model.stream.int8.onnx` is not calibrated: `build_int8` writes it from the windowed `model.int8.onnx`
+(same int8 weights and per-channel scales, same int32 biases, same activation scales and zero points at
+the corresponding tensors, float residual additions, pooling and softmax), with each conv as a QDQ
+kernel-1 Conv over the im2col columns of the whole batch, so ONNX Runtime runs the windowed graph's
+integer arithmetic on the same uint8 values (measured: identical posteriors, models/README.md).
+
 Usage (from models/training, training venv, after `kws_train.export` wrote the windowed model):
-    python -m kws_train.streaming export --run runs/NAME --model-dir ../tc-resnet8-stream --hop 2
+    python -m kws_train.streaming export --run runs/NAME --model-dir ../tc-resnet8-stream --hop 2 --int8
+    python -m kws_train.streaming int8 --model-dir ../tc-resnet8-stream    # the int8 graph alone, no torch
     python -m kws_train.streaming check --model-dir ../tc-resnet8-stream
 """
 
@@ -60,16 +68,19 @@ class ConvPlan:
         return (self.kernel - 1) * self.dilation + 1 - self.stride
 
 
-def plan(channels: tuple[int, ...], stem_kernel: int, kernel: int, pool: int, hop: int,
+def plan(channels: tuple[int, ...], stem_kernel: int, kernel: int | tuple[int, ...], pool: int, hop: int,
          num_mfcc: int = NUM_MFCC) -> tuple[list[ConvPlan], tuple[int, int]]:
     """The convs (stem, then conv1/conv2 per block) on their grids, and the pooling state
-    (channels, columns). `hop` must divide the total stride or be a multiple of it."""
+    (channels, columns). `kernel`: of every block, or one per block. `hop` must divide the total
+    stride or be a multiple of it."""
     total = 2 ** sum(a != b for a, b in zip(channels[:-1], channels[1:]))
     if not (total % hop == 0 or hop % total == 0):
         raise ValueError(f"hop {hop} neither divides nor is a multiple of the total stride {total}")
     convs = [ConvPlan("stem", num_mfcc, stem_kernel, 1, 1)]
+    kernels = (kernel,) * (len(channels) - 1) if isinstance(kernel, int) else tuple(kernel)
+    assert len(kernels) == len(channels) - 1, (kernel, channels)
     nominal, grid = 1, 1  # spacing (frames) of the current layer's nominal and computed columns
-    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+    for i, (a, b, kernel) in enumerate(zip(channels[:-1], channels[1:], kernels)):
         s = 1 if a == b else 2
         out_nominal = nominal * s
         out_grid = min(out_nominal, hop)
@@ -256,66 +267,245 @@ def run_windows(sess, feats: np.ndarray, hop: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# int8
+# int8: the windowed int8 model's quantization, carried over tensor by tensor
 
 
-def calibration_inputs(fp32_stream: Path, calib: np.ndarray, hop: int, states: list[dict],
-                       streams: int = 64, per_stream: int = 64, seed: int = 20261130) -> list[dict]:
-    """Calibration inputs of the streaming graph: the fp32 streaming graph run over `streams` windows
-    of the windowed calibration set laid end to end (as continuous streams), every state and frame
-    block it sees after warm-up, in batches of `streams` (`per_stream` batches)."""
-    rng = np.random.default_rng(seed)
-    sess = session(fp32_stream)
-    t = WINDOW_FRAMES * 3
-    pick = rng.choice(len(calib), size=(streams, 3), replace=True)
-    feats = np.stack([np.concatenate(list(calib[p])) for p in pick])[:, :t]
-    lead = lead_frames(hop)
-    x = np.concatenate([np.zeros((streams, lead, NUM_MFCC), np.float32), feats], axis=1)
-    st = {s["name"]: np.zeros((streams, *s["shape"][1:]), np.float32) for s in states}
-    outs = ["probs"] + [s["output"] for s in states]
-    batches = []
-    for i in range(x.shape[1] // hop):
-        inp = {"frames": np.ascontiguousarray(x[:, i * hop:(i + 1) * hop]), **st}
-        if i >= first_valid_call(hop):
-            batches.append(inp)
-        res = sess.run(outs, inp)
-        st = {s["name"]: v for s, v in zip(states, res[1:])}
-    idx = np.linspace(0, len(batches) - 1, min(per_stream, len(batches))).round().astype(int)
-    return [batches[i] for i in idx]
+def _windowed_quant(graph) -> dict:
+    """The quantization of every conv / the linear layer of a windowed QDQ graph written by
+    `quant.quantize` (`model.int8.onnx`), by layer ("stem", "b1_conv1", "b1_conv2", "b1_shortcut", ...,
+    "fc"): the input's (scale, zero point), the quantized weight with its per-channel scale and zero
+    point, the int32 bias with its scale, the output's (scale, zero point); for a shortcut also
+    `pre`, the quantization its input already went through (the block input's, i.e. conv1's: the
+    shortcut reads the dequantized conv1 input, re-quantized at its own scale)."""
+    from onnx import numpy_helper
+
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def qparams(dq_or_q) -> tuple[np.ndarray, np.ndarray]:
+        return init[dq_or_q.input[1]], init[dq_or_q.input[2]]
+
+    def dq_const(name: str) -> dict:
+        dq = producer[name]
+        assert dq.op_type == "DequantizeLinear" and dq.input[0] in init, name
+        axis = [a.i for a in dq.attribute if a.name == "axis"]
+        return {"q": init[dq.input[0]], "scale": init[dq.input[1]], "zero_point": init[dq.input[2]],
+                "axis": axis[0] if axis else 1}
+
+    def layer_of(weight: str) -> str:
+        parts = weight.split(".")  # net.stem.0.0.weight / net.blocks.I.conv1.0.weight / net.fc.weight
+        if parts[1] == "stem":
+            return "stem"
+        if parts[1] == "fc":
+            return "fc"
+        return f"b{int(parts[2]) + 1}_{parts[3]}"
+
+    out = {}
+    for n in graph.node:
+        if n.op_type not in ("Conv", "Gemm"):
+            continue
+        w = dq_const(n.input[1])
+        name = layer_of(producer[n.input[1]].input[0].removesuffix("_quantized"))
+        dq_in = producer[n.input[0]]
+        q_in = producer[dq_in.input[0]]
+        assert dq_in.op_type == "DequantizeLinear" and q_in.op_type == "QuantizeLinear", name
+        (q_out,) = consumers[n.output[0]]
+        assert q_out.op_type == "QuantizeLinear", name
+        rec = {"input": qparams(dq_in), "weight": w, "bias": dq_const(n.input[2]), "output": qparams(q_out),
+               "attrs": {a.name: a for a in n.attribute}}
+        # What the conv's input was before its QuantizeLinear: a dequantized tensor (through Slice
+        # etc.) means it was quantized before, at another tensor's scale.
+        t = q_in.input[0]
+        while t in producer and producer[t].op_type in ("Slice", "Gather", "Reshape", "Transpose", "Identity"):
+            t = producer[t].input[0]
+        if t in producer and producer[t].op_type == "DequantizeLinear":
+            rec["pre"] = qparams(producer[t])
+        out[name] = rec
+    # Only the convs' and the linear layer's inputs and outputs are quantized (quant.DEFAULT_SPEC's
+    # ops "conv"): a graph with other QuantizeLinears (e.g. int8 residual additions) would have
+    # tensors without a counterpart in build_int8.
+    n_q = sum(n.op_type == "QuantizeLinear" for n in graph.node)
+    if n_q != 2 * len(out):
+        raise ValueError(f"{n_q} QuantizeLinear nodes for {len(out)} convs/linear: not a conv-only QDQ graph")
+    return out
 
 
-def quantize_stream(fp32: Path, int8: Path, batches: list[dict], spec) -> None:
-    """Static QDQ as `quant.quantize` (same scheme, ops and float softmax), on streaming inputs."""
-    import tempfile
+def geometry(wq: dict) -> tuple[tuple[int, ...], int, int, int, int]:
+    """(channels, stem kernel, block kernel, pool, num_mfcc) of a windowed graph from its weights
+    (`_windowed_quant`); `pool` from the window: receptive field + (pool - 1) x total stride = 98."""
+    stem = wq["stem"]["weight"]["q"].shape  # [C0, num_mfcc, K]
+    channels, kernels = [stem[0]], []
+    i = 1
+    while f"b{i}_conv1" in wq:
+        w = wq[f"b{i}_conv1"]["weight"]["q"].shape
+        assert w[1] == channels[-1] and wq[f"b{i}_conv2"]["weight"]["q"].shape[2] == w[2], (i, w)
+        channels.append(w[0])
+        kernels.append(int(w[2]))
+        i += 1
+    rf, stride = stem[2], 1
+    for a, b, k in zip(channels[:-1], channels[1:], kernels):
+        rf += (k - 1) * stride
+        stride *= 1 if a == b else 2
+        rf += (k - 1) * stride
+    pool, rest = divmod(WINDOW_FRAMES - rf, stride)
+    assert rest == 0, (rf, stride)
+    kernel = kernels[0] if len(set(kernels)) == 1 else tuple(kernels)
+    return tuple(int(c) for c in channels), int(stem[2]), kernel, pool + 1, int(stem[1])
 
+
+def build_int8(windowed_int8: Path, hop: int):
+    """The int8 streaming graph of a windowed QDQ model (`model.int8.onnx`), as an onnx ModelProto
+    (geometry from the windowed graph's weights: `geometry`; no torch).
+
+    No calibration: every quantized tensor of the windowed graph has its counterpart here, with the
+    windowed graph's scale and zero point, and every conv the windowed graph's int8 weights,
+    per-channel scales and int32 bias. The streaming graph then computes each column with the same
+    integer arithmetic as the windowed graph, so (given the same inputs) the same uint8 activations:
+    - a conv's input is quantized at the windowed conv's input scale *after* the im2col gather
+      (QuantizeLinear is elementwise, so quantizing gathered columns is quantizing the columns);
+    - the conv itself is a QDQ `Conv` (kernel 1, no padding) over `[1, K * Cin, N * n_out]`: the
+      im2col columns of every stream of the batch as one sequence, so ONNX Runtime fuses it into
+      one QLinearConv (one int8 GEMM for the batch) with the windowed conv's weights reordered
+      `[Cout, Cin, K] -> [Cout, K * Cin, 1]` (the gather's tap-major order) and the same int32 bias,
+      per-channel scales and requantization. The integer sums are exact on every instruction set
+      (7-bit weights: no int16 pair sum saturates on AVX2), so only the summation *order* differs,
+      which integers do not see. (The fp32 graph's MatMul + Add would put the bias outside the
+      int8 op, where it is not the windowed conv's int32 bias.)
+    - states carry the float values the windowed graph quantizes at that point: the stem state raw
+      frames, a conv1 state the block input (quantized at conv1's input scale when gathered), a conv2
+      state `relu(dequantized conv1 output)` (quantized at the windowed conv2 input scale when
+      gathered), the pooling state the last block's float output. Quantizing on use rather than
+      storing uint8 keeps the states float32 and their shapes the fp32 graph's, so both graphs share
+      the manifest's `streaming.states`;
+    - a shortcut reads the block input dequantized at conv1's input scale, re-quantized at its own
+      scale (in the windowed graph it reads the dequantized conv1 input through a Slice);
+    - residual additions, ReLU, the mean pooling and the softmax are float, as in the windowed graph;
+      the pooled vector is quantized at the windowed graph's pooled-vector scale before the int8
+      linear layer (same `Gemm`).
+    What remains float and ordered differently: the mean over `pool` final columns (summed in the
+    windowed order, oldest first; for pool = 2 one addition, exact in either order)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnx import TensorProto, helper, numpy_helper
 
-    from .quant import OPS
+    src = onnx.load(str(windowed_int8))
+    wq = _windowed_quant(src.graph)
+    channels, stem_kernel, kernel, pool, num_mfcc = geometry(wq)
+    convs, (pool_c, pool_cols) = plan(channels, stem_kernel, kernel, pool, hop, num_mfcc)
+    total = 2 ** sum(a != b for a, b in zip(channels[:-1], channels[1:]))
+    final_grid = min(total, hop)
+    states = state_specs(channels, stem_kernel, kernel, pool, hop)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(batches)
+    nodes, inits = [], []
+    counter = [0]
 
-        def get_next(self):
-            return next(self.it, None)
+    def const(name: str, value) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
 
-    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[spec.method]
-    extra = {"CalibPercentile": 99.999} if spec.method == "percentile" else {}
-    # The streaming graph's convolutions are MatMuls (im2col, see `build`).
-    ops = None if OPS[spec.ops] is None else OPS[spec.ops] + ["MatMul"]
-    with tempfile.TemporaryDirectory() as d:
-        pre = Path(d) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        keep_float = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Softmax"]
-        quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QUInt8 if spec.scheme == "u8u8" else QuantType.QInt8,
-                        per_channel=True, reduce_range=spec.scheme == "u8s8-rr",
-                        calibrate_method=method, nodes_to_exclude=keep_float, extra_options=extra,
-                        op_types_to_quantize=ops)
+    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+        counter[0] += 1
+        out = f"{name}_{op}_{counter[0]}"
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def qdq(x: str, params, name: str) -> str:
+        s = const(f"{name}_scale", np.asarray(params[0], np.float32))
+        z = const(f"{name}_zero_point", np.asarray(params[1]))
+        return node("DequantizeLinear", [node("QuantizeLinear", [x, s, z], name), s, z], name)
+
+    def weight(layer: str, q: np.ndarray) -> tuple[str, str]:
+        w, b = wq[layer]["weight"], wq[layer]["bias"]
+        assert w["axis"] == 0 and b["axis"] == 0, layer
+        wd = node("DequantizeLinear", [const(f"{layer}_w_q", q), const(f"{layer}_w_scale", w["scale"]),
+                                       const(f"{layer}_w_zp", w["zero_point"])], f"{layer}_w", axis=0)
+        bd = node("DequantizeLinear", [const(f"{layer}_b_q", b["q"]), const(f"{layer}_b_scale", b["scale"]),
+                                       const(f"{layer}_b_zp", b["zero_point"])], f"{layer}_b", axis=0)
+        return wd, bd
+
+    def int8_columns(cols: str, layer: str, k: int, cin: int, n_out: int, pre=None) -> str:
+        """cols [N * n_out, K * Cin] (tap-major) -> the quantized conv's dequantized output [N, n_out, Cout]."""
+        rec = wq[layer]
+        cout = rec["weight"]["q"].shape[0]
+        wk = rec["weight"]["q"]  # [Cout, Cin, K]
+        assert wk.shape == (cout, cin, k), (layer, wk.shape, (cout, cin, k))
+        w, b = weight(layer, np.ascontiguousarray(wk.transpose(0, 2, 1).reshape(cout, k * cin, 1)))
+        x = node("Unsqueeze", [node("Transpose", [cols], layer, perm=[1, 0]), const(f"{layer}_ax0", np.array([0]))],
+                 layer)
+        x = qdq(x, rec["input"], f"{layer}_in")
+        y = node("Conv", [x, w, b], layer, kernel_shape=[1], strides=[1], dilations=[1], pads=[0, 0], group=1)
+        y = qdq(y, rec["output"], f"{layer}_out")
+        y = node("Transpose", [node("Squeeze", [y, f"{layer}_ax0"], layer)], layer, perm=[1, 0])
+        return node("Reshape", [y, const(f"{layer}_shape", np.array([-1, n_out, cout]))], layer)
+
+    def conv(p: ConvPlan, x: str, new_in: int, state: str) -> tuple[str, str, int]:
+        """im2col of a conv on its grid: (dequantized output [N, n_out, Cout], new state, n_out)."""
+        n_out = (new_in - p.stride) // p.stride + 1
+        span = p.state_columns + new_in
+        idx = [j * p.stride + t * p.dilation for j in range(n_out) for t in range(p.kernel)]
+        assert idx[-1] == span - 1, (p, new_in, idx[-1], span)
+        full = node("Concat", [state, x], p.name, axis=1)
+        new_state = node("Slice", [full, const(f"{p.name}_st_start", np.array([-p.state_columns])),
+                                   const(f"{p.name}_st_end", np.array([np.iinfo(np.int64).max])),
+                                   const(f"{p.name}_st_axis", np.array([1]))], p.name)
+        taps = node("Gather", [full, const(f"{p.name}_idx", np.array(idx, np.int64))], p.name, axis=1)
+        cols = node("Reshape", [taps, const(f"{p.name}_cols", np.array([-1, p.kernel * p.cin]))], p.name)
+        return int8_columns(cols, p.name, p.kernel, p.cin, n_out), new_state, n_out
+
+    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["N", hop, num_mfcc])
+    st_in = [helper.make_tensor_value_info(s["name"], TensorProto.FLOAT, ["N", *s["shape"][1:]]) for s in states]
+    new_states = []
+    y, s, n = conv(convs[0], "frames", hop, states[0]["name"])
+    x, new_in = node("Relu", [y], "stem"), n
+    new_states.append(s)
+    for i, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
+        c1, c2 = convs[1 + 2 * i], convs[2 + 2 * i]
+        z, s1, n1 = conv(c1, x, new_in, states[1 + 2 * i]["name"])
+        y, s2, n2 = conv(c2, node("Relu", [z], c1.name), n1, states[2 + 2 * i]["name"])
+        blk = f"b{i + 1}"
+        rec1 = wq[c1.name]
+        # The shortcut reads the block input as conv1 sees it (quantized at conv1's input scale), at
+        # the end positions of the block's outputs: the last of every `stride` new columns.
+        xq = qdq(x, rec1["input"], f"{blk}_skip_pre")
+        skip = node("Gather", [xq, const(f"{blk}_skip_idx", np.arange(c1.stride - 1, new_in, c1.stride))], blk,
+                    axis=1)
+        if a != b:
+            sc = f"{blk}_shortcut"
+            assert wq[sc].get("pre") is not None and np.allclose(wq[sc]["pre"][0], rec1["input"][0]), sc
+            cols = node("Reshape", [skip, const(f"{sc}_cols", np.array([-1, a]))], sc)
+            skip = node("Relu", [int8_columns(cols, sc, 1, a, n2)], sc)
+        x = node("Relu", [node("Add", [y, skip], blk)], blk)
+        new_in = n2
+        new_states += [s1, s2]
+    full = node("Concat", [states[-1]["name"], x], "pool", axis=1)
+    step = total // final_grid
+    # The windowed graph averages its last `pool` final columns oldest first.
+    rows = [pool_cols + new_in - 1 - j * step for j in reversed(range(pool))]
+    pooled = node("ReduceMean", [node("Gather", [full, const("pool_idx", np.array(rows, np.int64))], "pool", axis=1)],
+                  "pool", axes=[1], keepdims=0)
+    new_states.append(node("Slice", [full, const("pool_st_start", np.array([-pool_cols])),
+                                     const("pool_st_end", np.array([np.iinfo(np.int64).max])),
+                                     const("pool_st_axis", np.array([1]))], "pool"))
+    fc = wq["fc"]
+    w, b = weight("fc", fc["weight"]["q"])
+    logits = node("Gemm", [qdq(pooled, fc["input"], "fc_in"), w, b], "fc", **{
+        k: helper.get_attribute_value(v) for k, v in fc["attrs"].items()})
+    logits = qdq(logits, fc["output"], "fc_out")
+    nodes.append(helper.make_node("Softmax", [logits], ["probs"], name="softmax", axis=1))
+    outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", fc["weight"]["q"].shape[0]])]
+    for spec, t in zip(states, new_states):
+        nodes.append(helper.make_node("Identity", [t], [spec["output"]], name=spec["output"]))
+        outputs.append(helper.make_tensor_value_info(spec["output"], TensorProto.FLOAT, ["N", *spec["shape"][1:]]))
+    assert pool_c == channels[-1]
+    graph = helper.make_graph(nodes, "tc-resnet-stream-int8", [frames, *st_in], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              producer_name="kws_train.streaming")
+    model.ir_version = src.ir_version
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------
@@ -356,8 +546,19 @@ def _file(path: Path) -> dict:
     return {"path": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
+def random_frames(frames: int, seed: int) -> np.ndarray:
+    """Seeded random MFCC frames [frames, 40] (fed to the graphs directly, no audio): uniform in
+    +-25, one value in 50 in +-200 (beyond the int8 input range, so quantization clamps it)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-25, 25, (frames, NUM_MFCC))
+    far = rng.random((frames, NUM_MFCC)) < 0.02
+    x[far] = rng.uniform(-200, 200, far.sum())
+    return x.astype(np.float32)
+
+
 def check(model_dir: Path, hop: int | None = None, seconds: float = 6.0, seed: int = 3) -> dict:
-    """Max |streaming - windowed| per variant on the golden stream and on random-noise frames."""
+    """Max |streaming - windowed| per variant on the golden stream, random-noise audio and random
+    MFCC frames, from the first full window on."""
     from .quant import read_wav
     from .frontend import mfcc
 
@@ -366,7 +567,8 @@ def check(model_dir: Path, hop: int | None = None, seconds: float = 6.0, seed: i
     hop = hop or st["hop_frames"]
     gold = json.loads((model_dir / "golden" / "golden.json").read_text())
     feats = {"golden stream": mfcc(read_wav(model_dir / "golden" / gold["stream"]["wav"])),
-             "noise": mfcc(np.random.default_rng(seed).uniform(-0.5, 0.5, int(seconds * 16000)).astype(np.float32))}
+             "noise": mfcc(np.random.default_rng(seed).uniform(-0.5, 0.5, int(seconds * 16000)).astype(np.float32)),
+             "random frames": random_frames(int(seconds * 100), seed)}
     out = {}
     for kind in ("fp32", "int8"):
         if kind not in st["files"]:
@@ -380,14 +582,40 @@ def check(model_dir: Path, hop: int | None = None, seconds: float = 6.0, seed: i
     return out
 
 
+def write_int8(model_dir: Path, hop: int) -> dict:
+    """Write `model.stream.int8.onnx` from the windowed `model.int8.onnx` of `model_dir` (`build_int8`;
+    deterministic: the same windowed file gives the same bytes) and return its `files` entry."""
+    import onnx
+
+    m = json.loads((model_dir / "manifest.json").read_text())
+    path = model_dir / STREAM_FILES["int8"]
+    onnx.save(build_int8(model_dir / m["files"]["int8"]["path"], hop), str(path))
+    return _file(path)
+
+
+def int8_record(m: dict) -> dict:
+    """The streaming section's `quantization` record: the windowed int8 model's, carried over."""
+    return {"from": m["files"]["int8"]["path"],
+            "method": "no calibration of its own: the windowed int8 graph's int8 weights, per-channel "
+                      "scales, int32 biases and activation scales/zero points at the corresponding tensors "
+                      "(kws_train.streaming.build_int8); scheme and recipe as the manifest's quantization",
+            "scheme": m.get("quantization", {}).get("scheme")}
+
+
+def _record_diffs(mpath: Path, m: dict) -> None:
+    t0 = time.time()
+    diffs = check(mpath.parent)
+    m["streaming"]["max_abs_diff_vs_windowed"] = {k: float(f"{v:.3g}") for k, v in diffs.items()}
+    mpath.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    print(f"streaming vs windowed max |diff| ({time.time() - t0:.1f} s): {diffs}", flush=True)
+
+
 def export(a) -> None:
     import torch
 
     from . import CLASSES
     from .export import fold_bn, load_recipe_from_json
     from .model import TCResNet
-    from .quant import DEFAULT_SPEC, calibration_windows, describe
-    from .data import load_background, load_clips
 
     torch.set_num_threads(1)
     r = load_recipe_from_json(a.run / "recipe.json")
@@ -416,24 +644,107 @@ def export(a) -> None:
     }
     m["streaming"] = section
     if a.int8:
-        engines = sorted(p.stem for p in (a.data / "shards").glob("*.jsonl"))
-        clips = load_clips(a.data, engines)
-        bg = load_background(a.data)
-        calib, desc = calibration_windows(clips, bg, r)
-        batches = calibration_inputs(fp32, calib, a.hop, states)
-        int8 = a.model_dir / STREAM_FILES["int8"]
-        quantize_stream(fp32, int8, batches, DEFAULT_SPEC)
-        section["files"]["int8"] = _file(int8)
-        q = describe(DEFAULT_SPEC, desc)
-        q["calibration"] = {"windows": desc, "streaming": f"the fp32 streaming graph run over 64 streams of 3 "
-                            f"calibration windows laid end to end; {len(batches)} batches of 64 after warm-up"}
-        section["quantization"] = q
+        import onnx
+
+        win8 = onnx.load(str(a.model_dir / m["files"]["int8"]["path"]))
+        assert geometry(_windowed_quant(win8.graph)) == (tuple(spec.channels), spec.stem_kernel, spec.kernel,
+                                                         spec.pool, NUM_MFCC), "model.int8.onnx is not this run's"
+        section["files"]["int8"] = write_int8(a.model_dir, a.hop)
+        section["quantization"] = int8_record(m)
     mpath.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    t0 = time.time()
-    diffs = check(a.model_dir)
-    section["max_abs_diff_vs_windowed"] = {k: float(f"{v:.3g}") for k, v in diffs.items()}
+    _record_diffs(mpath, m)
+
+
+def export_int8(a) -> None:
+    """Only the int8 streaming graph (no torch): from the model dir's windowed int8 graph, at the
+    manifest's streaming hop; updates `streaming.files.int8`, `quantization` and the differences."""
+    mpath = a.model_dir / "manifest.json"
+    m = json.loads(mpath.read_text())
+    st = m["streaming"]
+    st["files"]["int8"] = write_int8(a.model_dir, st["hop_frames"])
+    st["quantization"] = int8_record(m)
     mpath.write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    print(f"streaming vs windowed max |diff| ({time.time() - t0:.1f} s): {diffs}", flush=True)
+    _record_diffs(mpath, m)
+
+
+def cost_only(a) -> None:
+    """An untrained (random-init, BN folded) windowed + streaming fp32 pair of a streamable arch, with
+    a manifest the Rust crate loads (the template's schema; version `0.0.0-cost-only`, no thresholds,
+    no golden; int8 only with --int8), for measuring cost, which does not depend on the weights. Not a model:
+    its posteriors mean nothing."""
+    import torch
+
+    from . import CLASSES
+    from .export import export_onnx as export_windowed
+    from .export import fold_bn
+    from .model import TCResNet, count_flops, count_params
+
+    torch.manual_seed(a.seed)
+    torch.set_num_threads(1)
+    net = TCResNet(a.arch, num_classes=len(CLASSES)).eval()
+    if net.spec is None:
+        raise SystemExit(f"{a.arch} is not streamable (model.STREAM_ARCHS)")
+    spec = net.spec
+    a.out.mkdir(parents=True, exist_ok=True)
+    folded = fold_bn(net)
+    export_windowed(folded, a.out / "model.onnx")
+    states = export_onnx(folded, a.hop, a.out / STREAM_FILES["fp32"])
+    m = json.loads(a.template.read_text())
+    for k in ("training", "metrics", "quantization", "operating_point", "cascade", "verifier"):
+        m.pop(k, None)
+    flops = count_flops(net)
+    m.update({
+        "name": f"{a.arch}-cost-only", "version": "0.0.0-cost-only", "arch": a.arch,
+        "thresholds": {},
+        "params": count_params(net), "flops": flops,
+        "files": {"fp32": _file(a.out / "model.onnx")},
+        "cost_only": f"UNTRAINED: random initialization (torch seed {a.seed}), BatchNorm folded; for cost "
+                     "measurements only (python -m kws_train.streaming cost-only). Posteriors are meaningless.",
+    })
+    m["window"]["default_hop_frames"] = a.hop
+    m["streaming"] = {
+        "hop_frames": a.hop, "lead_frames": lead_frames(a.hop), "first_valid_call": first_valid_call(a.hop),
+        "input": {"name": "frames", "shape": [-1, a.hop, NUM_MFCC], "dtype": "float32"},
+        "output": {"name": "probs", "shape": [-1, len(CLASSES)], "dtype": "float32", "activation": "softmax"},
+        "states": states,
+        "state_floats_per_stream": sum(int(np.prod(s["shape"][1:])) for s in states),
+        "files": {"fp32": _file(a.out / STREAM_FILES["fp32"])},
+        "flops_per_stream_second": {
+            "streaming": flops_per_second(spec.channels, spec.stem_kernel, spec.kernel, spec.pool, a.hop)["streaming"],
+            "windowed": flops * 100 / a.hop},
+    }
+    from .frontend import mfcc
+
+    feats = {"noise": mfcc(np.random.default_rng(3).uniform(-0.5, 0.5, 96000).astype(np.float32)),
+             "random frames": random_frames(600, 3)}
+    if a.int8:
+        # int8 costs: the windowed graph quantized as the shipped ones (quant.DEFAULT_SPEC), calibrated
+        # on noise at 8 levels and random frames (meaningless for accuracy, as the weights are), and
+        # its streaming graph by build_int8.
+        import onnx
+
+        from .quant import DEFAULT_SPEC, quantize
+
+        rng = np.random.default_rng(a.seed)
+        calib = [mfcc((rng.uniform(-1, 1, 32000) * lvl).astype(np.float32)) for lvl in np.geomspace(0.003, 0.9, 8)]
+        calib.append(random_frames(800, a.seed))
+        wins = np.stack([f[e - WINDOW_FRAMES + 1:e + 1] for f in calib for e in range(WINDOW_FRAMES - 1, len(f), 5)])
+        quantize(a.out / "model.onnx", a.out / "model.int8.onnx", wins[:len(wins) // 64 * 64], DEFAULT_SPEC)
+        m["files"]["int8"] = _file(a.out / "model.int8.onnx")
+        onnx.save(build_int8(a.out / "model.int8.onnx", a.hop), str(a.out / STREAM_FILES["int8"]))
+        m["streaming"]["files"]["int8"] = _file(a.out / STREAM_FILES["int8"])
+    # Exactness of the pairs (no golden stream here): noise audio and random frames.
+    diffs = {}
+    for kind in m["streaming"]["files"]:
+        ws, ss = session(a.out / m["files"][kind]["path"]), session(a.out / m["streaming"]["files"][kind]["path"])
+        for k, f in feats.items():
+            d = np.abs(run_windows(ws, f, a.hop) - run_stream(ss, f, a.hop, states)).max()
+            diffs[f"{kind} {k}"] = float(f"{d:.3g}")
+    m["streaming"]["max_abs_diff_vs_windowed"] = diffs
+    (a.out / "manifest.json").write_text(json.dumps(m, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    print(json.dumps({k: m[k] for k in ("name", "params", "flops")} | {
+        k: m["streaming"][k] for k in ("state_floats_per_stream", "flops_per_stream_second",
+                                       "max_abs_diff_vs_windowed")}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -442,15 +753,29 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export", help="write model.stream[.int8].onnx and the manifest's streaming section")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--model-dir", type=Path, required=True)
-    e.add_argument("--data", type=Path, default=Path("data"))
     e.add_argument("--hop", type=int, default=2)
-    e.add_argument("--int8", action="store_true")
+    e.add_argument("--int8", action="store_true",
+                   help="also model.stream.int8.onnx from the windowed model.int8.onnx (build_int8)")
+    i = sub.add_parser("int8", help="only model.stream.int8.onnx, from the windowed int8 graph (no torch)")
+    i.add_argument("--model-dir", type=Path, required=True)
+    k = sub.add_parser("cost-only", help="an UNTRAINED windowed + streaming fp32 pair and manifest, for cost")
+    k.add_argument("--arch", required=True)
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--template", type=Path, default=Path(__file__).resolve().parents[2] / "tc-resnet8-stream"
+                   / "manifest.json")
+    k.add_argument("--hop", type=int, default=2)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--int8", action="store_true", help="also int8 (calibrated on noise: cost only)")
     c = sub.add_parser("check", help="streaming vs windowed on the golden stream and noise")
     c.add_argument("--model-dir", type=Path, required=True)
     c.add_argument("--hop", type=int)
     a = p.parse_args(argv)
     if a.cmd == "export":
         export(a)
+    elif a.cmd == "int8":
+        export_int8(a)
+    elif a.cmd == "cost-only":
+        cost_only(a)
     else:
         print(json.dumps(check(a.model_dir, a.hop), indent=1))
 
