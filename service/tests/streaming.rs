@@ -5,8 +5,9 @@
 //!   results as alone; 1-ms and 1-s chunks give the same results;
 //! - a hop override other than the graph's is INVALID_ARGUMENT naming the hop it accepts;
 //! - GetModelInfo / ListModels report how each entry is served (streaming, state bytes, hop), the
-//!   `:windowed` spelling serves the same model windowed, and a variant without a streaming graph
-//!   falls back to fp32 and says so.
+//!   `:windowed` spelling serves the same model windowed, and `:int8` serves the int8 streaming
+//!   graph if the manifest has one, else fp32, and says which (the fallback itself: `registry`'s
+//!   unit test).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
