@@ -17,7 +17,8 @@
 #      graph at 1e-6);
 #   4. aarch64: the golden tests (fp32 and int8), the verifier's (one clip), the streaming test
 #      (tests/streaming.rs: tc-resnet8-stream's streaming graphs vs its windowed graphs on the same
-#      windows, fp32 at 1e-5 and int8 at 1e-6, chunk sizes, batching) and isa_parity (int8)
+#      windows, fp32 at 1e-5 and int8 at 1e-6, chunk sizes, batching; its cascade-on-streaming test
+#      runs natively only, like the shipped cascade's golden) and isa_parity (int8)
 #      for aarch64-unknown-linux-gnu,
 #      run under qemu-aarch64 (the runner in .cargo/config.toml; qemu's default CPU has the i8mm
 #      extension), then isa_parity and the int8 streaming test again on a CPU with the dot product

@@ -489,18 +489,26 @@ pub mod local {
 
     use kws_models::spotter::PROCESS_PIECE_FRAMES;
     use kws_models::{
-        ClipScorer, Encoding as MEncoding, Manifest, OnnxScorer, PcmFormat, ProcessError, ScorerOptions,
-        Spotter, StreamConfig, Verifier, WindowBatch,
+        ClipScorer, Encoding as MEncoding, FirstStage, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat,
+        ProcessError, ScorerOptions, Spotter, StreamConfig, StreamScorer, Verifier, WindowBatch,
     };
 
     use super::{DecoderOverrides, EvalError, EvalItem, FileScores, ModelId};
     use crate::audio::{Audio, Encoding};
 
+    /// The first stage as the server would score it: a model with a `streaming` manifest section on
+    /// its streaming graph, any other windowed.
+    #[derive(Debug)]
+    enum LocalScorer {
+        Windowed(OnnxScorer),
+        Streaming(OnnxStreamScorer),
+    }
+
     /// A loaded model for local scoring.
     #[derive(Debug)]
     pub struct LocalModel {
         manifest: Manifest,
-        scorer: OnnxScorer,
+        scorer: LocalScorer,
         /// The second stage, for a manifest with a `verifier` section.
         verifier: Option<Verifier>,
         variant: String,
@@ -508,7 +516,9 @@ pub mod local {
 
     impl LocalModel {
         /// Load `variant` of the model in `model_dir` with ONNX Runtime from `ort_lib` (or the usual
-        /// search: `$KWS_ORT_LIB`, `$ORT_DYLIB_PATH`, beside the executable).
+        /// search: `$KWS_ORT_LIB`, `$ORT_DYLIB_PATH`, beside the executable). A streamable model
+        /// (manifest `streaming` section) is scored on its streaming graph as the server does: of
+        /// `variant` if the manifest has it, else fp32 (the report names the variant scored).
         pub fn load(model_dir: &Path, variant: &str, ort_lib: Option<&Path>) -> Result<Self, EvalError> {
             let manifest = Manifest::load(model_dir)
                 .map_err(|e| EvalError::Local(format!("model {}: {e}", model_dir.display())))?;
@@ -516,8 +526,28 @@ pub mod local {
                 library: ort_lib.map(Path::to_path_buf),
                 ..ScorerOptions::default()
             };
-            let scorer = OnnxScorer::new(&manifest, variant, &options)
-                .map_err(|e| EvalError::Local(format!("model {} ({variant}): {e}", model_dir.display())))?;
+            let err = |v: &str, e| EvalError::Local(format!("model {} ({v}): {e}", model_dir.display()));
+            let (scorer, variant) = match &manifest.streaming {
+                Some(s) => {
+                    let v = if s.files.contains_key(variant) {
+                        variant
+                    } else {
+                        "fp32"
+                    };
+                    if v != variant {
+                        eprintln!(
+                            "note: {} has no {variant} streaming graph: scoring its fp32 one (as the server does)",
+                            manifest.name
+                        );
+                    }
+                    let s = OnnxStreamScorer::new(&manifest, v, &options).map_err(|e| err(v, e))?;
+                    (LocalScorer::Streaming(s), v)
+                }
+                None => {
+                    let s = OnnxScorer::new(&manifest, variant, &options).map_err(|e| err(variant, e))?;
+                    (LocalScorer::Windowed(s), variant)
+                }
+            };
             let verifier =
                 match &manifest.verifier {
                     Some(_) => Some(Verifier::from_manifest(&manifest, &options).map_err(|e| {
@@ -565,8 +595,13 @@ pub mod local {
                 config.decoder.refractory_ms,
             );
             let cascade = config.cascade.is_some();
-            let mut spotter =
-                Spotter::new(config, m.num_classes()).map_err(|e| EvalError::Input(e.to_string()))?;
+            let mut spotter = match &self.scorer {
+                LocalScorer::Windowed(_) => Spotter::new(config, m.num_classes()),
+                LocalScorer::Streaming(s) => {
+                    Spotter::new_streaming(config, m.num_classes(), s.layout().clone())
+                }
+            }
+            .map_err(|e| EvalError::Input(e.to_string()))?;
             let n = m.keywords.len();
             let mut windows = Vec::new();
             let mut events = Vec::new();
@@ -589,9 +624,13 @@ pub mod local {
                 }
                 .map_err(input)?;
                 let verifier = self.verifier.as_mut().map(|v| v as &mut dyn ClipScorer);
+                let first_stage = match &mut self.scorer {
+                    LocalScorer::Windowed(s) => FirstStage::Windowed(s),
+                    LocalScorer::Streaming(s) => FirstStage::Streaming(s),
+                };
                 spotter
-                    .score_windows(
-                        &mut self.scorer,
+                    .score_pending(
+                        first_stage,
                         verifier.filter(|_| cascade),
                         &batch,
                         |w, smoothed| windows.push((w.start_ms, w.end_ms, smoothed[..n].to_vec())),

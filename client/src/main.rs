@@ -516,6 +516,8 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                     "window_ms": m.window_ms, "default_hop_ms": m.default_hop_ms,
                     "default_smoothing_ms": m.default_smoothing_ms, "default_refractory_ms": m.default_refractory_ms,
                     "params": m.params, "flops": m.flops, "sha256": m.sha256, "is_default": m.is_default,
+                    "streaming": m.streaming, "state_bytes_per_stream": m.state_bytes_per_stream,
+                    "streaming_hop_ms": m.streaming_hop_ms,
                     "runtime": m.runtime.as_ref().map(|r| json!({"cpu_arch": r.cpu_arch,
                         "cpu_features": r.cpu_features, "int8_kernels": r.int8_kernels})),
                     "verifier": m.verifier.as_ref().map(|v| json!({"head_path": v.head_path,
@@ -558,6 +560,12 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
             "  window {} ms, hop {} ms, smoothing {} ms, refractory {} ms",
             m.window_ms, m.default_hop_ms, m.default_smoothing_ms, m.default_refractory_ms
         );
+        if m.streaming {
+            println!(
+                "  streaming: scored hop by hop ({} ms) from {} bytes of model state per stream",
+                m.streaming_hop_ms, m.state_bytes_per_stream
+            );
+        }
         if let Some(f) = &m.frontend {
             println!(
                 "  frontend: {} Hz, {} MFCC from {} mel bands ({}-{} Hz)",

@@ -117,6 +117,75 @@ async fn server_and_local_give_identical_reports() {
     assert!(png.len() > 5_000, "a DET chart, {} bytes", png.len());
 }
 
+/// A streaming model (`tc-resnet8-stream`): the server scores it on its streaming graph and so does
+/// `--local`; the reports (thresholds grid, events) are identical, and name the variant scored (the
+/// int8 request falls back to fp32 on both sides unless the manifest ships an int8 streaming graph).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_model_gives_identical_reports_through_the_server_and_local() {
+    let mut c = test_config();
+    c.models.serve = vec!["tc-resnet8-stream:fp32".into()];
+    c.models.default = "tc-resnet8-stream:fp32".into();
+    let server = TestServer::start_with(c).await;
+    let addr = server.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = path_arg(&write_manifest(dir.path()));
+    let (remote_json, local_json) = (dir.path().join("server.json"), dir.path().join("local.json"));
+    let remote_path = path_arg(&remote_json);
+    let out = kws_client(
+        args(&["--addr", &addr, "eval", &manifest, "--json", &remote_path]),
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let model = path_arg(&repo().join("models/tc-resnet8-stream"));
+    let (lib, local_path) = (path_arg(&ort_lib()), path_arg(&local_json));
+    let local_args = [
+        "eval",
+        &manifest,
+        "--local",
+        "--model-dir",
+        &model,
+        "--variant",
+        "fp32",
+        "--ort-lib",
+        &lib,
+        "--json",
+        &local_path,
+    ];
+    let out = kws_client(args(&local_args), None).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let read = |p: &std::path::Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (remote, local) = (read(&remote_json), read(&local_json));
+    assert_eq!(remote["model"]["name"], "tc-resnet8-stream:fp32");
+    assert_eq!(remote["hop_ms"], 20);
+    assert_eq!(remote, local, "server and --local reports differ");
+    // `models` says how it is served.
+    let out = kws_client(args(&["--addr", &addr, "models", "--json"]), None).await;
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let m = &v["models"][0];
+    assert_eq!(
+        (m["streaming"].as_bool(), m["state_bytes_per_stream"].as_u64()),
+        (Some(true), Some(7648))
+    );
+    let out = kws_client(args(&["--addr", &addr, "models"]), None).await;
+    assert!(
+        stdout(&out).contains("streaming: scored hop by hop (20 ms) from 7648 bytes"),
+        "{}",
+        stdout(&out)
+    );
+    // A hop the streaming graph does not score is refused locally too.
+    let bad = [&local_args[..], &["--hop-ms", "40"]].concat();
+    let out = kws_client(args(&bad), None).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("hops of 2 frames (20 ms) only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// A model whose manifest has a verifier (the kws-models fixture): the server's cascade and
 /// `--local`'s give the same report, events included; `--first-stage-only` turns it off in both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

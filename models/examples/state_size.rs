@@ -1,6 +1,6 @@
 //! Bytes of heap a `Spotter` allocates for its own state (the shared model, FFT plans and tables
 //! excluded), per input rate, without and with the cascade of the test fixture's manifest (the
-//! research verifier head); and a `StreamingSpotter` of `tc-resnet8-stream` (model state and
+//! research verifier head); and a streaming `Spotter` of `tc-resnet8-stream` (model state and
 //! pending frames instead of the 98-frame ring) at 16 kHz.
 //! `cargo run --release -p kws-models --example state_size`
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use kws_models::frontend::mfcc;
 use kws_models::{
-    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, StreamingSpotter,
-    WindowBatch,
+    CascadeSettings, DecoderConfig, Encoding, Manifest, PcmFormat, Spotter, StreamConfig, WindowBatch,
 };
 
 struct Counting;
@@ -82,18 +81,20 @@ fn main() {
     let cfg = StreamConfig::from_manifest(&manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
     let mut state = layout.initial_state();
     let before = LIVE.load(Ordering::SeqCst);
-    let mut s = StreamingSpotter::new(cfg, manifest.num_classes(), layout.clone()).unwrap();
+    let mut s = Spotter::new_streaming(cfg, manifest.num_classes(), layout.clone()).unwrap();
+    let mut batch = WindowBatch::new();
     // 3 s pushed in 20-ms chunks, each chunk's hop completed as a server would.
     for chunk in vec![0u8; 16_000 * 2 * 3].chunks(640) {
-        s.push_pcm(chunk).unwrap();
-        while let Some((_, st)) = s.next_hop() {
-            state.copy_from_slice(st);
-            s.complete_hop(&state, &[0.0; 12]);
+        s.push_pcm(chunk, &mut batch).unwrap();
+        while let Some(hop) = s.next_hop() {
+            state.copy_from_slice(hop.state);
+            s.complete_hop(&state, &[0.0; 12]).unwrap();
         }
     }
+    drop(batch);
     let after = LIVE.load(Ordering::SeqCst);
     println!(
-        "16000 Hz: {} bytes ({:.1} KiB) of state per StreamingSpotter ({}), of which model state {} bytes",
+        "16000 Hz: {} bytes ({:.1} KiB) of state per streaming Spotter ({}), of which model state {} bytes",
         after - before,
         (after - before) as f64 / 1024.0,
         manifest.name,

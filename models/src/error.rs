@@ -13,7 +13,8 @@ pub enum ConfigError {
     #[error("hop of {0} frames is not supported: use 1..=98 frames (10 ms each)")]
     Hop(u32),
     #[error(
-        "hop of {got} frames is not supported by this streaming model: its graph scores hops of {model} frames"
+        "hop of {got} frames ({} ms) is not supported by this streaming model: its graph scores hops of {model} frames ({} ms) only; leave hop_ms unset (0) or set it to {}",
+        got * 10, model * 10, model * 10
     )]
     StreamingHop { got: u32, model: u32 },
     #[error("hop_ms {0} must be a multiple of 10 in 10..=980")]

@@ -11,9 +11,10 @@
 //!          ─▶ ClipScorer (Verifier, batched across streams) ─▶ Spotter::verdict ─▶ Event
 //! ```
 //!
-//! A streamable model (manifest section `streaming`) replaces the ring and the window batch:
-//! `StreamingSpotter` keeps the model's state, and `StreamScorer` scores one 20-ms hop
-//! `[N, 2, 40]` of N streams with their states, giving the same posteriors on the same windows.
+//! A streamable model (manifest section `streaming`) replaces the ring and the window batch: a
+//! `Spotter` made with `Spotter::new_streaming` keeps the model's state, and `StreamScorer` scores
+//! one 20-ms hop `[N, 2, 40]` of N streams with their states, giving the same posteriors on the
+//! same windows; decoder and cascade are the windowed path's.
 //!
 //! The frontend and decoder follow `models/README.md` exactly; golden vectors from the Python
 //! reference pin them (`tests/golden.rs`). Nothing here spawns threads, blocks, or logs; errors are
@@ -38,8 +39,9 @@
 //! - [`two_stage`]: the cascade inside a [`Spotter`] (when the manifest has a verifier): a ring of
 //!   the stream's 16-kHz samples, candidates' clips ([`Spotter::ready_clip`]) and verdicts
 //!   ([`Spotter::verdict`]).
-//! - [`streaming`]: streaming (external-state) models: [`StreamingSpotter`] keeps the model state
-//!   instead of a 98-frame ring, [`StreamScorer`] scores one hop of many streams per call.
+//! - [`streaming`]: streaming (external-state) models: the state layout ([`StateLayout`]) a
+//!   streaming [`Spotter`] keeps instead of a 98-frame ring, [`StreamScorer`] scores one hop of
+//!   many streams per call.
 
 #![forbid(unsafe_code)]
 
@@ -67,12 +69,12 @@ pub use scorer::Scorer;
 #[cfg(feature = "onnx")]
 pub use scorer::{OnnxScorer, ScorerOptions};
 pub use spotter::{
-    ApplyError, DecoderOverrides, OrderError, ProcessError, Spotter, StreamConfig, WindowBatch, WindowMeta,
-    WireOverrides,
+    ApplyError, DecoderOverrides, FirstStage, Hop, OrderError, ProcessError, Spotter, StreamConfig,
+    WindowBatch, WindowMeta, WireOverrides,
 };
 #[cfg(feature = "onnx")]
 pub use streaming::OnnxStreamScorer;
-pub use streaming::{StateLayout, StreamScorer, StreamingSpec, StreamingSpotter};
+pub use streaming::{StateLayout, StreamScorer, StreamingSpec};
 pub use two_stage::{CascadeSettings, ClipScorer, ReadyClip};
 #[cfg(feature = "onnx")]
 pub use verifier::Verifier;

@@ -15,6 +15,20 @@
 //! audio), then one every `hop_frames` frames. Window `[e-97, e]` spans `start_ms = 10 (e-97)` to
 //! `end_ms = 10 e + 30` (the end of frame `e`, which spans 30 ms) on the stream's own clock
 //! (resampling delay compensated).
+//!
+//! # Two kinds of first stage
+//! The first stage's frames go to a frame sink chosen at construction:
+//! - windowed ([`Spotter::new`]): the 98-frame ring above; windows go out through a [`WindowBatch`];
+//! - streaming ([`Spotter::new_streaming`], a model with a `streaming` manifest section): the model's
+//!   flat state and the frames of the hops not scored yet ([`crate::streaming`]). No windows go to
+//!   the batch; a caller scores [`Spotter::next_hop`] (one hop, with the state) and hands the new
+//!   state back to [`Spotter::advance_hop`], which names the window the hop completed (none during
+//!   warm-up), and then applies its posteriors with [`Spotter::apply`] — the windowed path's own
+//!   decoder and cascade ([`Spotter::complete_hop`] does both). The windows are the same as the
+//!   windowed path's, so is everything after them.
+//!
+//! Everything else — format validation, decoding, resampling, the MFCC frontend, the cascade's
+//! sample ring, candidates and verdicts — is the same code for both.
 
 use std::cell::RefCell;
 
@@ -26,6 +40,7 @@ use crate::manifest::Manifest;
 use crate::pcm::{Encoding, PcmFormat};
 use crate::resample::StreamResampler;
 use crate::scorer::Scorer;
+use crate::streaming::{StateLayout, StreamScorer};
 use crate::two_stage::{CascadeSettings, ClipScorer, ReadyClip, SecondStage};
 use crate::verifier::VerifyError;
 
@@ -319,6 +334,10 @@ pub enum ApplyError {
         "the clip of candidate {candidate} starts at sample {start}, but the stream keeps samples from {oldest} on: audio was fed faster than verdicts came back"
     )]
     ClipLost { candidate: u64, start: u64, oldest: u64 },
+    /// [`Spotter::advance_hop`] without a pending hop, on a windowed stream, or with a state of the
+    /// wrong length (a caller's bug; the stream's state is unchanged).
+    #[error("hop not completed: {0}")]
+    Hop(&'static str),
 }
 
 /// Errors of the offline [`Spotter::process`] path.
@@ -337,6 +356,83 @@ pub enum ProcessError {
     /// The stream runs a cascade but no verifier was given.
     #[error("the stream's model has a verifier (cascade), but none was given to score its candidates")]
     NoVerifier,
+    /// A windowed scorer for a streaming stream or the other way round.
+    #[error("a {stream} stream was given a {scorer} scorer")]
+    ScorerKind {
+        stream: &'static str,
+        scorer: &'static str,
+    },
+}
+
+/// The first stage's scorer for [`Spotter::score_pending`]: a windowed [`Scorer`] for a stream made
+/// by [`Spotter::new`], a [`StreamScorer`] for one made by [`Spotter::new_streaming`].
+pub enum FirstStage<'a> {
+    Windowed(&'a mut dyn Scorer),
+    Streaming(&'a mut dyn StreamScorer),
+}
+
+impl std::fmt::Debug for FirstStage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+impl FirstStage<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Windowed(_) => "windowed",
+            Self::Streaming(_) => "streaming",
+        }
+    }
+
+    fn reborrow(&mut self) -> FirstStage<'_> {
+        match self {
+            Self::Windowed(s) => FirstStage::Windowed(&mut **s),
+            Self::Streaming(s) => FirstStage::Streaming(&mut **s),
+        }
+    }
+}
+
+/// One hop of a streaming stream to score ([`Spotter::next_hop`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// `hop * 40` feature values, oldest frame first.
+    pub frames: &'a [f32],
+    /// The model state before the hop ([`StateLayout::len`] values).
+    pub state: &'a [f32],
+    /// The window the hop completes (`None` during warm-up: scored for its state only).
+    pub window: Option<WindowMeta>,
+}
+
+/// Where the first stage's frames go (module docs, "Two kinds of first stage").
+enum FrameSink {
+    /// The last 98 frames (`head` is the oldest) and the next window's sequence number.
+    Windowed {
+        ring: Box<[f32; WINDOW_VALUES]>,
+        head: usize,
+        next_seq: u64,
+    },
+    Streaming(Box<HopState>),
+}
+
+/// A streaming stream's model state and unscored frames.
+struct HopState {
+    layout: StateLayout,
+    /// The state after the last completed hop.
+    state: Vec<f32>,
+    /// Frames of the hops not scored yet from `start` on (`hop * 40` values per hop, oldest first;
+    /// at first the lead zeros). Consumed by moving `start`, compacted when frames are added, so a
+    /// hop costs no memmove.
+    pending: Vec<f32>,
+    start: usize,
+    /// Hops completed.
+    calls: u64,
+}
+
+impl HopState {
+    fn pending_hops(&self) -> usize {
+        (self.pending.len() - self.start) / self.layout.frame_values()
+    }
 }
 
 struct Scratch {
@@ -354,11 +450,9 @@ pub struct Spotter {
     hop_frames: u32,
     resampler: StreamResampler,
     frontend: MfccFrontend,
-    ring: Box<[f32; WINDOW_VALUES]>,
-    head: usize,
+    sink: FrameSink,
     decoder: Decoder,
     frames_in: u64,
-    next_seq: u64,
     next_apply: u64,
     finished: bool,
     stage2: Option<SecondStage>,
@@ -370,7 +464,8 @@ impl std::fmt::Debug for Spotter {
             .field("format", &self.format)
             .field("hop_frames", &self.hop_frames)
             .field("frames", &self.frontend.frames())
-            .field("windows", &self.next_seq)
+            .field("windows", &self.windows_emitted())
+            .field("streaming", &self.is_streaming())
             .field("cascade", &self.stage2.is_some())
             .finish()
     }
@@ -384,6 +479,43 @@ impl Spotter {
         if config.hop_frames == 0 || config.hop_frames as usize > WINDOW_FRAMES {
             return Err(ConfigError::Hop(config.hop_frames));
         }
+        let sink = FrameSink::Windowed {
+            ring: Box::new([0.0; WINDOW_VALUES]),
+            head: 0,
+            next_seq: 0,
+        };
+        Self::with_sink(config, classes, sink)
+    }
+
+    /// A stream scored by a streaming model's graph with state `layout`
+    /// ([`crate::StreamingSpec::layout`]; module docs, "Two kinds of first stage"). The stream's
+    /// hop must be the model's ([`ConfigError::StreamingHop`] otherwise): the graph scores exactly
+    /// its own hop. Adds the model state (`layout.len` floats) and a few hops of frames to
+    /// [`new`](Self::new)'s allocations instead of the 98-frame ring.
+    pub fn new_streaming(
+        config: StreamConfig,
+        classes: usize,
+        layout: StateLayout,
+    ) -> Result<Self, ConfigError> {
+        if config.hop_frames as usize != layout.hop_frames {
+            return Err(ConfigError::StreamingHop {
+                got: config.hop_frames,
+                model: layout.hop_frames as u32,
+            });
+        }
+        let mut pending = Vec::with_capacity(4 * layout.frame_values());
+        pending.resize(layout.lead_frames * NUM_MFCC, 0.0);
+        let sink = FrameSink::Streaming(Box::new(HopState {
+            state: layout.initial_state(),
+            layout,
+            pending,
+            start: 0,
+            calls: 0,
+        }));
+        Self::with_sink(config, classes, sink)
+    }
+
+    fn with_sink(config: StreamConfig, classes: usize, sink: FrameSink) -> Result<Self, ConfigError> {
         let resampler = StreamResampler::new(config.format.sample_rate())?;
         let stage2 = match config.cascade {
             Some(c) => {
@@ -398,11 +530,9 @@ impl Spotter {
             hop_frames: config.hop_frames,
             resampler,
             frontend: MfccFrontend::new(),
-            ring: Box::new([0.0; WINDOW_VALUES]),
-            head: 0,
+            sink,
             decoder,
             frames_in: 0,
-            next_seq: 0,
             next_apply: 0,
             finished: false,
             stage2,
@@ -527,9 +657,97 @@ impl Spotter {
         self.frontend.samples() * 1000 / u64::from(crate::frontend::SAMPLE_RATE)
     }
 
-    /// Windows emitted so far.
+    /// Windows emitted so far (streaming: windows of the hops completed or pending).
     pub fn windows_emitted(&self) -> u64 {
-        self.next_seq
+        match &self.sink {
+            FrameSink::Windowed { next_seq, .. } => *next_seq,
+            FrameSink::Streaming(h) => {
+                (h.calls + h.pending_hops() as u64).saturating_sub(h.layout.first_valid_call)
+            }
+        }
+    }
+
+    /// Whether the first stage is a streaming model's ([`new_streaming`](Self::new_streaming)).
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.sink, FrameSink::Streaming(_))
+    }
+
+    /// The streaming model's state layout (`None` for a windowed stream).
+    pub fn state_layout(&self) -> Option<&StateLayout> {
+        match &self.sink {
+            FrameSink::Streaming(h) => Some(&h.layout),
+            FrameSink::Windowed { .. } => None,
+        }
+    }
+
+    /// The streaming model's state after the last completed hop (`None` for a windowed stream).
+    pub fn model_state(&self) -> Option<&[f32]> {
+        match &self.sink {
+            FrameSink::Streaming(h) => Some(&h.state),
+            FrameSink::Windowed { .. } => None,
+        }
+    }
+
+    /// Streaming: hops whose frames exist and that are not completed yet (0 for a windowed stream).
+    pub fn pending_hops(&self) -> usize {
+        match &self.sink {
+            FrameSink::Streaming(h) => h.pending_hops(),
+            FrameSink::Windowed { .. } => 0,
+        }
+    }
+
+    /// Streaming: the next hop to score, with the state before it. `None` when no full hop is
+    /// pending (or the stream is windowed). Hop `i + 1` needs hop `i`'s state: one at a time.
+    pub fn next_hop(&self) -> Option<Hop<'_>> {
+        let FrameSink::Streaming(h) = &self.sink else {
+            return None;
+        };
+        let per = h.layout.frame_values();
+        (h.pending.len() - h.start >= per).then(|| Hop {
+            frames: &h.pending[h.start..h.start + per],
+            state: &h.state,
+            window: h.layout.window_of_call(h.calls),
+        })
+    }
+
+    /// Streaming: the hop [`next_hop`](Self::next_hop) returned was scored; `new_state` is the
+    /// state the model produced. Returns the window the hop completed, whose posteriors must go to
+    /// [`apply`](Self::apply) next (`None` during warm-up: nothing to apply). Refused, with nothing
+    /// changed, on a windowed stream, without a pending hop or with a state of the wrong length.
+    /// Never allocates.
+    pub fn advance_hop(&mut self, new_state: &[f32]) -> Result<Option<WindowMeta>, ApplyError> {
+        let FrameSink::Streaming(h) = &mut self.sink else {
+            return Err(ApplyError::Hop("the stream is windowed"));
+        };
+        if h.pending_hops() == 0 {
+            return Err(ApplyError::Hop("no hop is pending"));
+        }
+        if new_state.len() != h.state.len() {
+            return Err(ApplyError::Hop("the new state's length is not the model's"));
+        }
+        h.state.copy_from_slice(new_state);
+        h.start += h.layout.frame_values();
+        if h.start == h.pending.len() {
+            h.pending.clear();
+            h.start = 0;
+        }
+        let window = h.layout.window_of_call(h.calls);
+        h.calls += 1;
+        Ok(window)
+    }
+
+    /// Streaming: [`advance_hop`](Self::advance_hop) and [`apply`](Self::apply) of the hop's
+    /// posteriors (if it completed a window). Returns the window and the event it fired (first
+    /// stage only; with a cascade events come from [`verdict`](Self::verdict)).
+    pub fn complete_hop(
+        &mut self,
+        new_state: &[f32],
+        probs: &[f32],
+    ) -> Result<(Option<WindowMeta>, Option<Event>), ApplyError> {
+        match self.advance_hop(new_state)? {
+            Some(w) => Ok((Some(w), self.apply(&w, probs)?)),
+            None => Ok((None, None)),
+        }
     }
 
     /// Windows whose scores have been applied so far.
@@ -614,12 +832,22 @@ impl Spotter {
         }
         let Self {
             frontend,
-            ring,
-            head,
-            next_seq,
+            sink,
             hop_frames,
             ..
         } = self;
+        let (ring, head, next_seq) = match sink {
+            FrameSink::Windowed { ring, head, next_seq } => (ring, head, next_seq),
+            FrameSink::Streaming(h) => {
+                if h.start > 0 {
+                    h.pending.drain(..h.start);
+                    h.start = 0;
+                }
+                let pending = &mut h.pending;
+                frontend.push(samples, |frame| pending.extend_from_slice(frame));
+                return;
+            }
+        };
         let hop = u64::from(*hop_frames);
         let mut frames = frontend.frames();
         frontend.push(samples, |frame| {
@@ -709,24 +937,42 @@ impl Spotter {
     pub fn process_pcm_with(
         &mut self,
         scorer: &mut dyn Scorer,
+        verifier: Option<&mut dyn ClipScorer>,
+        bytes: &[u8],
+    ) -> Result<Vec<Event>, ProcessError> {
+        self.process_pcm_first_stage(FirstStage::Windowed(scorer), verifier, bytes)
+    }
+
+    /// [`process_pcm_with`](Self::process_pcm_with) for either kind of first stage (a streaming
+    /// stream needs [`FirstStage::Streaming`]).
+    pub fn process_pcm_first_stage(
+        &mut self,
+        mut scorer: FirstStage<'_>,
         mut verifier: Option<&mut dyn ClipScorer>,
         bytes: &[u8],
     ) -> Result<Vec<Event>, ProcessError> {
         let mut events = Vec::new();
         let mut batch = WindowBatch::new();
         self.format.validate(bytes)?;
-        for piece in bytes.chunks(PROCESS_PIECE_FRAMES * self.format.frame_bytes()) {
+        let pieces = bytes.chunks(PROCESS_PIECE_FRAMES * self.format.frame_bytes());
+        for piece in pieces.map(Some).chain([None]) {
             batch.clear();
-            self.push_pcm(piece, &mut batch)?;
+            match piece {
+                Some(p) => self.push_pcm(p, &mut batch).map(|_| ())?,
+                None => self.finish(&mut batch)?,
+            }
             let v: Option<&mut dyn ClipScorer> = match verifier {
                 Some(ref mut v) => Some(&mut **v),
                 None => None,
             };
-            self.score_windows(scorer, v, &batch, |_, _| {}, |e| events.push(e.clone()))?;
+            self.score_pending(
+                scorer.reborrow(),
+                v,
+                &batch,
+                |_, _| {},
+                |e| events.push(e.clone()),
+            )?;
         }
-        batch.clear();
-        self.finish(&mut batch)?;
-        self.score_windows(scorer, verifier, &batch, |_, _| {}, |e| events.push(e.clone()))?;
         Ok(events)
     }
 
@@ -742,6 +988,21 @@ impl Spotter {
     pub fn score_windows(
         &mut self,
         scorer: &mut dyn Scorer,
+        verifier: Option<&mut dyn ClipScorer>,
+        batch: &WindowBatch,
+        on_window: impl FnMut(&WindowMeta, &[f32]),
+        on_event: impl FnMut(&Event),
+    ) -> Result<(), ProcessError> {
+        self.score_pending(FirstStage::Windowed(scorer), verifier, batch, on_window, on_event)
+    }
+
+    /// [`score_windows`](Self::score_windows) for either kind of first stage: windowed, the
+    /// windows of `batch`; streaming, every pending hop, one [`StreamScorer`] call each (batch of
+    /// one; `batch` is not read), then the same apply, callbacks and verification. The scorer must
+    /// be of the stream's kind ([`ProcessError::ScorerKind`]).
+    pub fn score_pending(
+        &mut self,
+        scorer: FirstStage<'_>,
         mut verifier: Option<&mut dyn ClipScorer>,
         batch: &WindowBatch,
         mut on_window: impl FnMut(&WindowMeta, &[f32]),
@@ -750,29 +1011,68 @@ impl Spotter {
         if self.stage2.is_some() && verifier.is_none() {
             return Err(ProcessError::NoVerifier);
         }
-        let classes = scorer.num_classes();
+        let stream = if self.is_streaming() {
+            "streaming"
+        } else {
+            "windowed"
+        };
+        if stream != scorer.kind() {
+            return Err(ProcessError::ScorerKind {
+                stream,
+                scorer: scorer.kind(),
+            });
+        }
         let mut probs = Vec::new();
-        for (features, windows) in batch
-            .features()
-            .chunks(SCORE_CHUNK_WINDOWS * WINDOW_VALUES)
-            .zip(batch.windows().chunks(SCORE_CHUNK_WINDOWS))
-        {
-            probs.resize(windows.len() * classes, 0.0);
-            scorer.score(features, &mut probs)?;
-            for (w, p) in windows.iter().zip(probs.chunks_exact(classes)) {
-                let event = self.apply(w, p)?;
-                on_window(w, self.smoothed());
-                if let Some(e) = &event {
-                    on_event(e);
+        match scorer {
+            FirstStage::Windowed(scorer) => {
+                let classes = scorer.num_classes();
+                for (features, windows) in batch
+                    .features()
+                    .chunks(SCORE_CHUNK_WINDOWS * WINDOW_VALUES)
+                    .zip(batch.windows().chunks(SCORE_CHUNK_WINDOWS))
+                {
+                    probs.resize(windows.len() * classes, 0.0);
+                    scorer.score(features, &mut probs)?;
+                    for (w, p) in windows.iter().zip(probs.chunks_exact(classes)) {
+                        self.apply_scored(w, p, &mut verifier, &mut on_window, &mut on_event)?;
+                    }
                 }
-                if let Some(v) = verifier.as_mut() {
-                    self.verify_ready(&mut **v, &mut on_event)?;
+            }
+            FirstStage::Streaming(scorer) => {
+                probs.resize(scorer.num_classes(), 0.0);
+                let mut state = Vec::new();
+                while let Some(hop) = self.next_hop() {
+                    state.resize(hop.state.len(), 0.0);
+                    scorer.score(hop.frames, hop.state, &mut state, &mut probs)?;
+                    if let Some(w) = self.advance_hop(&state)? {
+                        self.apply_scored(&w, &probs, &mut verifier, &mut on_window, &mut on_event)?;
+                    }
                 }
             }
         }
         // Clips completed by this push's samples (windows of the next push need not exist).
         if let Some(v) = verifier {
             self.verify_ready(v, &mut on_event)?;
+        }
+        Ok(())
+    }
+
+    /// Apply one scored window, then hand out the window, its event and the verdicts it made due.
+    fn apply_scored(
+        &mut self,
+        w: &WindowMeta,
+        probs: &[f32],
+        verifier: &mut Option<&mut dyn ClipScorer>,
+        on_window: &mut impl FnMut(&WindowMeta, &[f32]),
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<(), ProcessError> {
+        let event = self.apply(w, probs)?;
+        on_window(w, self.smoothed());
+        if let Some(e) = &event {
+            on_event(e);
+        }
+        if let Some(v) = verifier.as_mut() {
+            self.verify_ready(&mut **v, on_event)?;
         }
         Ok(())
     }

@@ -12,8 +12,9 @@
 //! - [`StreamScorer`] / [`OnnxStreamScorer`]: one call scores one hop of `N` streams; the states of
 //!   the batch are stream-major (`N * state_len` values) and are gathered into / scattered from the
 //!   graph's per-tensor `[N, T, C]` inputs and outputs.
-//! - [`StreamingSpotter`]: the per-stream pipeline of [`crate::Spotter`] (PCM → 16 kHz → MFCC →
-//!   decoder) that keeps the model state and the pending frames instead of a 98-frame ring.
+//! - The per-stream pipeline is [`crate::Spotter`] made by [`Spotter::new_streaming`]: the same
+//!   audio input, decoder and cascade as a windowed stream, with the model state and the pending
+//!   frames instead of a 98-frame ring.
 //!
 //! # Warm-up
 //! States start at zero. A stream is first fed `lead_frames` zero frames so that a hop ends at frame
@@ -24,20 +25,20 @@
 //! # Batching
 //! Hop `i + 1` of a stream needs the states hop `i` produced, so one call carries at most one hop
 //! per stream; a batcher runs one round per hop (with 20-ms chunks every stream has one hop per
-//! chunk). [`StreamingSpotter::next_hop`] and [`StreamingSpotter::complete_hop`] are the two halves
-//! of a round for a batcher; [`StreamingSpotter::score_pending`] does it for one stream.
+//! chunk). [`Spotter::next_hop`] and [`Spotter::advance_hop`] + [`Spotter::apply`] (together
+//! [`Spotter::complete_hop`]) are the two halves of a round for a batcher;
+//! [`Spotter::score_pending`] does it for one stream.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::decoder::{Decoder, Event};
-use crate::error::{AudioError, ConfigError, ScoreError};
-use crate::frontend::{FRAME_MS, MS_PER_FRAME, MfccFrontend, NUM_MFCC, WINDOW_FRAMES};
+#[cfg(doc)]
+use crate::Spotter;
+use crate::error::ScoreError;
+use crate::frontend::{FRAME_MS, MS_PER_FRAME, NUM_MFCC, WINDOW_FRAMES};
 use crate::manifest::{FileSpec, TensorSpec};
-use crate::pcm::PcmFormat;
-use crate::resample::StreamResampler;
-use crate::spotter::{StreamConfig, WindowMeta};
+use crate::spotter::WindowMeta;
 
 /// One state tensor of a streaming graph, as in the manifest.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -469,227 +470,6 @@ mod onnx {
     }
 }
 
-/// Input frames decoded and resampled per step (as in [`crate::Spotter`]).
-const PIECE_FRAMES: usize = 1024;
-
-/// One stream's pipeline for a streaming model: PCM → mono → 16 kHz → MFCC frames → hops →
-/// (scores, new state) → decoder → events. Keeps the model state (`layout.len` floats) and the
-/// frames of the hops not scored yet; no 98-frame ring.
-///
-/// Not `Sync`; move it between threads freely.
-pub struct StreamingSpotter {
-    format: PcmFormat,
-    layout: StateLayout,
-    resampler: StreamResampler,
-    frontend: MfccFrontend,
-    decoder: Decoder,
-    state: Vec<f32>,
-    /// Frames of hops not scored yet (`hop * 40` values per hop), oldest first, with the lead zeros.
-    pending: Vec<f32>,
-    /// Hops completed (calls scored).
-    calls: u64,
-    frames_in: u64,
-    finished: bool,
-}
-
-/// Decode/resample scratch, shared by the streams of a thread (not per-stream state).
-struct Scratch {
-    mono: Vec<f32>,
-    resampled: Vec<f32>,
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Scratch> =
-        const { std::cell::RefCell::new(Scratch { mono: Vec::new(), resampled: Vec::new() }) };
-}
-
-impl std::fmt::Debug for StreamingSpotter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamingSpotter")
-            .field("format", &self.format)
-            .field("hop_frames", &self.layout.hop_frames)
-            .field("frames", &self.frontend.frames())
-            .field("calls", &self.calls)
-            .finish()
-    }
-}
-
-impl StreamingSpotter {
-    /// A stream of `config` for a streaming model with `layout` and `classes` outputs. The stream's
-    /// hop must be the model's (a streaming graph scores exactly its own hop).
-    pub fn new(config: StreamConfig, classes: usize, layout: StateLayout) -> Result<Self, ConfigError> {
-        if config.cascade.is_some() {
-            // The cascade keeps a ring of the stream's samples beside the decoder (`two_stage`);
-            // not wired into the streaming pipeline yet.
-            return Err(ConfigError::Cascade(
-                "a streaming model's stream cannot run the verifier cascade yet: use the windowed model"
-                    .into(),
-            ));
-        }
-        if config.hop_frames as usize != layout.hop_frames {
-            return Err(ConfigError::StreamingHop {
-                got: config.hop_frames,
-                model: layout.hop_frames as u32,
-            });
-        }
-        let resampler = StreamResampler::new(config.format.sample_rate())?;
-        let decoder = Decoder::new(config.decoder, classes, config.hop_frames)?;
-        let mut pending = Vec::with_capacity(2 * layout.frame_values());
-        pending.resize(layout.lead_frames * NUM_MFCC, 0.0);
-        Ok(Self {
-            format: config.format,
-            state: layout.initial_state(),
-            layout,
-            resampler,
-            frontend: MfccFrontend::new(),
-            decoder,
-            pending,
-            calls: 0,
-            frames_in: 0,
-            finished: false,
-        })
-    }
-
-    pub fn layout(&self) -> &StateLayout {
-        &self.layout
-    }
-
-    pub fn decoder(&self) -> &Decoder {
-        &self.decoder
-    }
-
-    /// The model state after the last completed hop.
-    pub fn state(&self) -> &[f32] {
-        &self.state
-    }
-
-    /// Hops ready to score.
-    pub fn pending_hops(&self) -> usize {
-        self.pending.len() / self.layout.frame_values()
-    }
-
-    /// Windows decoded so far.
-    pub fn windows_applied(&self) -> u64 {
-        self.calls.saturating_sub(self.layout.first_valid_call)
-    }
-
-    /// Audio that has passed through the frontend, in ms (rounded down).
-    pub fn audio_ms_processed(&self) -> u64 {
-        self.frontend.samples() * 1000 / u64::from(crate::frontend::SAMPLE_RATE)
-    }
-
-    /// Audio received, in ms of the stream clock (rounded down).
-    pub fn audio_ms_received(&self) -> u64 {
-        self.frames_in * 1000 / u64::from(self.format.sample_rate())
-    }
-
-    /// Decode a chunk of raw PCM in the stream's format; its frames join the pending hops. Validated
-    /// whole first: on error nothing is consumed. Returns the input frames accepted.
-    pub fn push_pcm(&mut self, bytes: &[u8]) -> Result<usize, AudioError> {
-        if self.finished {
-            return Err(AudioError::Finished);
-        }
-        let frames = self.format.validate(bytes)?;
-        let piece = PIECE_FRAMES * self.format.frame_bytes();
-        for chunk in bytes.chunks(piece) {
-            SCRATCH.with(|s| {
-                let mut s = s.borrow_mut();
-                let Scratch { mono, resampled } = &mut *s;
-                mono.clear();
-                self.format.decode_into(chunk, mono)?;
-                self.frames_in += mono.len() as u64;
-                if self.resampler.is_bypass() {
-                    self.feed_frontend(mono);
-                } else {
-                    resampled.clear();
-                    self.resampler.process(mono, resampled)?;
-                    self.feed_frontend(resampled);
-                }
-                Ok::<(), AudioError>(())
-            })?;
-        }
-        Ok(frames)
-    }
-
-    /// End of stream: flush the resampler so every received sample reaches the frontend. Frames
-    /// after the last full hop are not scored (as on the windowed path). Idempotent.
-    pub fn finish(&mut self) -> Result<(), AudioError> {
-        if self.finished {
-            return Ok(());
-        }
-        self.finished = true;
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let resampled = &mut s.resampled;
-            resampled.clear();
-            self.resampler.finish(resampled)?;
-            self.feed_frontend(resampled);
-            Ok(())
-        })
-    }
-
-    fn feed_frontend(&mut self, samples: &[f32]) {
-        let pending = &mut self.pending;
-        self.frontend
-            .push(samples, |frame| pending.extend_from_slice(frame));
-    }
-
-    /// The next hop to score: its frames (`hop * 40` values) and the current state. `None` when no
-    /// full hop is pending.
-    pub fn next_hop(&self) -> Option<(&[f32], &[f32])> {
-        let per = self.layout.frame_values();
-        (self.pending.len() >= per).then(|| (&self.pending[..per], self.state.as_slice()))
-    }
-
-    /// Complete the hop [`next_hop`](Self::next_hop) returned with the scorer's results: the new
-    /// state and the probabilities. Returns the window it completed (`None` during warm-up) and the
-    /// event it fired. Panics if no hop is pending or `new_state` has the wrong length (caller bugs).
-    pub fn complete_hop(&mut self, new_state: &[f32], probs: &[f32]) -> (Option<WindowMeta>, Option<Event>) {
-        let per = self.layout.frame_values();
-        assert!(self.pending.len() >= per, "complete_hop without a pending hop");
-        self.state.copy_from_slice(new_state);
-        self.pending.drain(..per);
-        let window = self.layout.window_of_call(self.calls);
-        self.calls += 1;
-        let event = window.and_then(|w| self.decoder.push(w.start_ms, w.end_ms, probs));
-        (window, event)
-    }
-
-    /// Score every pending hop with `scorer` (one call per hop, batch of one) and hand `on_window`
-    /// each window, the smoothed posteriors after it and the event it fired. Allocates the call's
-    /// buffers once.
-    pub fn score_pending(
-        &mut self,
-        scorer: &mut dyn StreamScorer,
-        mut on_window: impl FnMut(&WindowMeta, &[f32], Option<Event>),
-    ) -> Result<(), ScoreError> {
-        let mut probs = vec![0.0; scorer.num_classes()];
-        let mut new_state = self.layout.initial_state();
-        while let Some((frames, state)) = self.next_hop() {
-            scorer.score(frames, state, &mut new_state, &mut probs)?;
-            let (window, event) = self.complete_hop(&new_state, &probs);
-            if let Some(w) = window {
-                on_window(&w, self.decoder.smoothed(), event);
-            }
-        }
-        Ok(())
-    }
-
-    /// Offline convenience: push all of `bytes` (raw PCM in the stream's format), finish, score and
-    /// return the events.
-    pub fn process_pcm(
-        &mut self,
-        scorer: &mut dyn StreamScorer,
-        bytes: &[u8],
-    ) -> Result<Vec<Event>, crate::spotter::ProcessError> {
-        self.push_pcm(bytes)?;
-        self.finish()?;
-        let mut events = Vec::new();
-        self.score_pending(scorer, |_, _, e| events.extend(e))?;
-        Ok(events)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,27 +606,48 @@ mod tests {
 
     #[test]
     fn warm_up_hops_are_scored_but_not_decoded_and_chunking_does_not_matter() {
+        use crate::spotter::{FirstStage, StreamConfig, WindowBatch};
+        use crate::{ConfigError, PcmFormat, Spotter};
         let l = spec(2).layout();
         let manifest =
             crate::Manifest::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8"))
                 .expect("manifest");
         let mut config = StreamConfig::from_manifest(&manifest, PcmFormat::native_s16());
         config.hop_frames = 2;
-        config.cascade = None; // tc-resnet8's manifest may carry a verifier (see below)
+        config.cascade = None; // tc-resnet8's manifest carries a verifier: first stage only here
         let audio: Vec<u8> = (0..16_000 * 2 + 1234)
             .flat_map(|i: i32| (((i * 7919) % 20_000 - 10_000) as i16).to_le_bytes())
             .collect();
         let mut reference = None;
+        let mut batch = WindowBatch::new();
         for chunk in [2, 320, 5000, audio.len()] {
-            let mut s = StreamingSpotter::new(config.clone(), 12, l.clone()).unwrap();
+            let mut s = Spotter::new_streaming(config.clone(), 12, l.clone()).unwrap();
             let mut scorer = Counting(l.clone());
             let mut windows = Vec::new();
             for c in audio.chunks(chunk) {
-                s.push_pcm(c).unwrap();
-                s.score_pending(&mut scorer, |w, _, _| windows.push(*w)).unwrap();
+                s.push_pcm(c, &mut batch).unwrap();
+                s.score_pending(
+                    FirstStage::Streaming(&mut scorer),
+                    None,
+                    &batch,
+                    |w, _| windows.push(*w),
+                    |_| {},
+                )
+                .unwrap();
             }
-            s.finish().unwrap();
-            s.score_pending(&mut scorer, |w, _, _| windows.push(*w)).unwrap();
+            s.finish(&mut batch).unwrap();
+            s.score_pending(
+                FirstStage::Streaming(&mut scorer),
+                None,
+                &batch,
+                |w, _| windows.push(*w),
+                |_| {},
+            )
+            .unwrap();
+            assert!(
+                batch.is_empty(),
+                "a streaming stream emits no windows to the batch"
+            );
             // 2.08 s of audio: 205 frames, 102 hops, windows end at frames 97, 99, ..., 203.
             assert_eq!(windows.len(), 54);
             assert_eq!(
@@ -857,24 +658,48 @@ mod tests {
                     end_ms: 1000
                 }
             );
-            assert!(s.state().iter().all(|&v| v == 102.0));
-            assert_eq!(s.windows_applied(), 54);
+            assert!(s.model_state().unwrap().iter().all(|&v| v == 102.0));
+            assert_eq!((s.windows_applied(), s.windows_emitted()), (54, 54));
             let r = reference.get_or_insert_with(|| windows.clone());
             assert_eq!(*r, windows);
+            // Nothing pending: completing a hop is refused, not a panic.
+            assert!(s.advance_hop(&l.initial_state()).is_err());
         }
         let mut c = config.clone();
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier");
-        c.cascade = crate::CascadeSettings::from_manifest(&crate::Manifest::load(fixture).unwrap());
-        assert!(c.cascade.is_some(), "the verifier fixture has a cascade");
-        assert!(matches!(
-            StreamingSpotter::new(c, 12, l.clone()),
-            Err(ConfigError::Cascade(_))
-        ));
-        let mut c = config;
         c.hop_frames = 4;
-        assert!(matches!(
-            StreamingSpotter::new(c, 12, l),
-            Err(ConfigError::StreamingHop { got: 4, model: 2 })
-        ));
+        let e = Spotter::new_streaming(c, 12, l.clone()).unwrap_err();
+        assert_eq!(e, ConfigError::StreamingHop { got: 4, model: 2 });
+        assert!(e.to_string().contains("hops of 2 frames (20 ms) only"), "{e}");
+        // The kinds do not mix.
+        let mut s = Spotter::new_streaming(config.clone(), 12, l.clone()).unwrap();
+        let mut scorer = Counting(l.clone());
+        let mut w = Spotter::new(config, 12).unwrap();
+        assert!(w.advance_hop(&l.initial_state()).is_err());
+        assert!(
+            w.score_pending(
+                FirstStage::Streaming(&mut scorer),
+                None,
+                &batch,
+                |_, _| {},
+                |_| {}
+            )
+            .is_err()
+        );
+        assert!(
+            s.score_windows(&mut Windowed, None, &batch, |_, _| {}, |_| {})
+                .is_err()
+        );
+    }
+
+    /// A windowed scorer, which a streaming stream refuses.
+    struct Windowed;
+
+    impl crate::Scorer for Windowed {
+        fn num_classes(&self) -> usize {
+            12
+        }
+        fn score(&mut self, _: &[f32], _: &mut [f32]) -> Result<(), ScoreError> {
+            Ok(())
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! `kws_train.export` with Python onnxruntime): fp32 within 1e-5, int8 within 2e-3 (the int8
 //! tolerance of the golden tests across instruction sets). Then, for the golden stream, and for
 //! seeded noise and a tone sweep, the windows of a [`Spotter`] scored
-//! by the windowed graph and the hops of a [`StreamingSpotter`] scored by the streaming graph must
+//! by the windowed graph and the hops of a streaming [`Spotter`] scored by the streaming graph must
 //! give the same windows (sequence numbers, times) and, from the first full window on:
 //! - fp32: posteriors within [`FP32_TOLERANCE`] (the bound) and the same events;
 //! - int8 (if the manifest ships an int8 streaming graph): within [`INT8_TOLERANCE`] of the windowed
@@ -20,6 +20,11 @@
 //! three streams scored together (states concatenated on the batch dimension) equal each scored
 //! alone; a manifest whose state shapes disagree with the graph is refused.
 //!
+//! The cascade: with `models/tc-resnet8`'s verifier section applied to the stream model, the
+//! golden stream's verified events through the streaming first stage equal those through the
+//! windowed one (fp32), and do not depend on the chunk size (natively only: skipped with
+//! `KWS_VERIFIER_QUICK=1`, as the shipped cascade golden is).
+//!
 //! `KWS_TEST_VARIANTS` selects variants as in the golden tests (`deploy/test-isa.sh` runs this file
 //! on the emulated AVX2 and arm64 paths).
 
@@ -31,8 +36,8 @@ use std::path::PathBuf;
 
 use common::*;
 use kws_models::{
-    Encoding, Event, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat, Scorer, ScorerOptions, Spotter,
-    StreamConfig, StreamScorer, StreamingSpotter, WindowBatch, WindowMeta,
+    CascadeSettings, Encoding, Event, FirstStage, Manifest, OnnxScorer, OnnxStreamScorer, PcmFormat, Scorer,
+    ScorerOptions, Spotter, StreamConfig, StreamScorer, Verifier, WindowBatch, WindowMeta,
 };
 
 /// The bound for fp32: streaming == windowed from the first full window on.
@@ -132,14 +137,17 @@ fn streamed(
 ) -> (Vec<WindowMeta>, Vec<f32>, Vec<Event>) {
     let layout = scorer.layout().clone();
     let mut spotter =
-        StreamingSpotter::new(config(manifest), manifest.num_classes(), layout.clone()).unwrap();
+        Spotter::new_streaming(config(manifest), manifest.num_classes(), layout.clone()).unwrap();
     let (mut windows, mut all, mut events) = (Vec::new(), Vec::new(), Vec::new());
     let mut probs = vec![0.0; scorer.num_classes()];
     let mut state = layout.initial_state();
-    let mut drain = |spotter: &mut StreamingSpotter| {
-        while let Some((frames, st)) = spotter.next_hop() {
-            scorer.score(frames, st, &mut state, &mut probs).unwrap();
-            let (w, e) = spotter.complete_hop(&state, &probs);
+    let mut batch = WindowBatch::new();
+    let mut drain = |spotter: &mut Spotter| {
+        while let Some(hop) = spotter.next_hop() {
+            scorer
+                .score(hop.frames, hop.state, &mut state, &mut probs)
+                .unwrap();
+            let (w, e) = spotter.complete_hop(&state, &probs).unwrap();
             if let Some(w) = w {
                 windows.push(w);
                 all.extend_from_slice(&probs);
@@ -148,11 +156,12 @@ fn streamed(
         }
     };
     for c in pcm.chunks(chunk * 2) {
-        spotter.push_pcm(c).unwrap();
+        spotter.push_pcm(c, &mut batch).unwrap();
         drain(&mut spotter);
     }
-    spotter.finish().unwrap();
+    spotter.finish(&mut batch).unwrap();
     drain(&mut spotter);
+    assert!(batch.is_empty());
     assert_eq!(spotter.audio_ms_processed(), spotter.audio_ms_received());
     (windows, all, events)
 }
@@ -317,12 +326,13 @@ fn streams_batched_on_the_batch_dimension_equal_each_alone() {
             .iter()
             .map(|p| streamed(&manifest, &mut scorer, p, p.len()).1)
             .collect();
-        let mut spotters: Vec<StreamingSpotter> = pcms
+        let mut batch = WindowBatch::new();
+        let mut spotters: Vec<Spotter> = pcms
             .iter()
             .map(|p| {
-                let mut s = StreamingSpotter::new(config(&manifest), c, layout.clone()).unwrap();
-                s.push_pcm(p).unwrap();
-                s.finish().unwrap();
+                let mut s = Spotter::new_streaming(config(&manifest), c, layout.clone()).unwrap();
+                s.push_pcm(p, &mut batch).unwrap();
+                s.finish(&mut batch).unwrap();
                 s
             })
             .collect();
@@ -335,9 +345,9 @@ fn streams_batched_on_the_batch_dimension_equal_each_alone() {
             frames.clear();
             states_in.clear();
             for s in &spotters {
-                let (f, st) = s.next_hop().unwrap();
-                frames.extend_from_slice(f);
-                states_in.extend_from_slice(st);
+                let hop = s.next_hop().unwrap();
+                frames.extend_from_slice(hop.frames);
+                states_in.extend_from_slice(hop.state);
             }
             scorer
                 .score(&frames, &states_in, &mut states_out, &mut probs)
@@ -345,6 +355,7 @@ fn streams_batched_on_the_batch_dimension_equal_each_alone() {
             for (i, s) in spotters.iter_mut().enumerate() {
                 let p = &probs[i * c..(i + 1) * c];
                 if s.complete_hop(&states_out[i * layout.len..(i + 1) * layout.len], p)
+                    .unwrap()
                     .0
                     .is_some()
                 {
@@ -389,4 +400,99 @@ fn a_manifest_whose_states_disagree_with_the_graph_is_refused() {
     let missing = OnnxStreamScorer::new(&manifest, "int9", &ScorerOptions::default()).unwrap_err();
     assert!(missing.to_string().contains("streaming int9"), "{missing}");
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// The stream model with the cascade of `models/tc-resnet8` (its `verifier` section: first-stage
+/// threshold, verdict thresholds, view geometry; the speech-embedding features and its head).
+fn cascaded(manifest: &Manifest) -> (StreamConfig, Verifier) {
+    let tc8 = Manifest::load(model_dir("tc-resnet8")).unwrap();
+    assert_eq!(tc8.classes, manifest.classes, "the head scores the same classes");
+    let mut config = config(manifest);
+    config.cascade = CascadeSettings::from_manifest(&tc8);
+    assert!(config.cascade.is_some(), "tc-resnet8 ships a verifier");
+    let verifier = Verifier::from_manifest(&tc8, &ScorerOptions::default()).unwrap();
+    (config, verifier)
+}
+
+/// The cascade's events with the streaming first stage (audio in pieces of `chunk` samples, each
+/// scored and its candidates verified before the next, like a live stream).
+fn cascade_streamed(
+    manifest: &Manifest,
+    scorer: &mut OnnxStreamScorer,
+    verifier: &mut Verifier,
+    config: &StreamConfig,
+    pcm: &[u8],
+    chunk: usize,
+) -> Vec<Event> {
+    let layout = scorer.layout().clone();
+    let mut s = Spotter::new_streaming(config.clone(), manifest.num_classes(), layout).unwrap();
+    let mut batch = WindowBatch::new();
+    let mut events = Vec::new();
+    for piece in pcm.chunks(chunk * 2).map(Some).chain([None]) {
+        match piece {
+            Some(p) => s.push_pcm(p, &mut batch).map(|_| ()).unwrap(),
+            None => s.finish(&mut batch).unwrap(),
+        }
+        s.score_pending(
+            FirstStage::Streaming(scorer),
+            Some(verifier),
+            &batch,
+            |_, _| {},
+            |e| events.push(e.clone()),
+        )
+        .unwrap();
+        assert!(batch.is_empty());
+    }
+    assert!(s.pending_candidate().is_none(), "every candidate verified");
+    events
+}
+
+#[test]
+fn the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade() {
+    // Emulated paths (`deploy/test-isa.sh`): an embedding costs seconds there and this runs ~20 clips;
+    // the streaming posteriors the cascade reads are checked there by the tests above.
+    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
+        println!(
+            "the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade: skipped (KWS_VERIFIER_QUICK=1)"
+        );
+        return;
+    }
+    ort();
+    let manifest = Manifest::load(dir()).unwrap();
+    let (config, mut verifier) = cascaded(&manifest);
+    let mut windowed = OnnxScorer::new(&manifest, "fp32", &ScorerOptions::default()).unwrap();
+    let mut streaming = OnnxStreamScorer::new(&manifest, "fp32", &ScorerOptions::default()).unwrap();
+    let (_, pcm) = inputs().swap_remove(0);
+    let mut w = Spotter::new(config.clone(), manifest.num_classes()).unwrap();
+    let want = w
+        .process_pcm_with(&mut windowed, Some(&mut verifier), &pcm)
+        .unwrap();
+    let mut s =
+        Spotter::new_streaming(config.clone(), manifest.num_classes(), streaming.layout().clone()).unwrap();
+    let got = s
+        .process_pcm_first_stage(FirstStage::Streaming(&mut streaming), Some(&mut verifier), &pcm)
+        .unwrap();
+    eprintln!("cascade on the golden stream: {} events", want.len());
+    assert!(!want.is_empty(), "the golden stream has verified keywords");
+    assert!(
+        want.iter().all(|e| e.verifier_score.is_some()),
+        "events are verdicts"
+    );
+    let key = |e: &[Event]| {
+        e.iter()
+            .map(|e| (e.class, e.start_ms, e.end_ms))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&want), key(&got), "streaming vs windowed cascade events");
+    for (a, b) in want.iter().zip(&got) {
+        assert!((a.score - b.score).abs() <= FP32_TOLERANCE, "{a:?} vs {b:?}");
+        // The same clip is verified: the same verdict.
+        assert_eq!(a.verifier_score, b.verifier_score, "{a:?} vs {b:?}");
+    }
+    assert_eq!(s.windows_applied(), w.windows_applied());
+    // Chunk sizes do not matter on the streaming path (bit for bit).
+    for chunk in [160, 1000, 16_000] {
+        let c = cascade_streamed(&manifest, &mut streaming, &mut verifier, &config, &pcm, chunk);
+        assert_eq!(c, got, "chunk {chunk}");
+    }
 }

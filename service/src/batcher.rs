@@ -12,6 +12,17 @@
 //!
 //! The batching decision itself (`BatchState`) is plain state, tested without threads or clocks;
 //! the worker adds the queue, the deadline and the scorer.
+//!
+//! # Two kinds of scorer
+//! A model's workers are all windowed ([`Batcher::start`]: jobs of whole 98-frame windows) or all
+//! streaming ([`Batcher::start_streaming`], a model served on its streaming graph): a streaming job
+//! is ONE hop of one stream (`hop * 40` frames and the stream's model state) and counts as one row
+//! of the batch; the batch's states are concatenated on the batch dimension, scored in one
+//! `StreamScorer::score` call, and each job's reply carries its posteriors and its new state, written
+//! into the job's own buffers (frames, state and posteriors come back for the stream to reuse). A
+//! stream has at most one hop in a batcher at a time (hop `i + 1` needs hop `i`'s state; the session
+//! submits rounds). Queue, batching, backpressure, metrics, shutdown and errors are the same code
+//! for both kinds; a job of the wrong kind or shape is answered with an error, never scored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kws_models::frontend::WINDOW_VALUES;
-use kws_models::{ScoreError, Scorer};
+use kws_models::{ScoreError, Scorer, StateLayout, StreamScorer};
 use tokio::sync::oneshot;
 
 use crate::telemetry::names;
@@ -27,11 +38,18 @@ use crate::telemetry::names;
 /// Bytes of one window of features.
 pub const WINDOW_BYTES: usize = WINDOW_VALUES * std::mem::size_of::<f32>();
 
-/// One stream's windows to score: `windows() * 98 * 40` feature values. The fields are private so
-/// that this invariant, which the worker's slicing relies on, holds for every job.
+/// One stream's windows to score: `windows() * 98 * 40` feature values; or (streaming) one hop of a
+/// stream: its frames and model state. The fields are private so that these invariants, which the
+/// worker's slicing relies on, hold for every job (the hop's sizes are checked by the worker, which
+/// knows the model's state layout).
 #[derive(Debug)]
 pub struct Job {
     features: Vec<f32>,
+    /// Streaming: the stream's state before the hop (the new state comes back in it). Empty for a
+    /// windowed job.
+    state: Vec<f32>,
+    /// Where the posteriors are written (reused by the stream; may be empty).
+    probs: Vec<f32>,
     windows: usize,
     enqueued: Instant,
     reply: oneshot::Sender<JobResult>,
@@ -47,6 +65,30 @@ impl Job {
         Ok(Self {
             windows: features.len() / WINDOW_VALUES,
             features,
+            state: Vec::new(),
+            probs: Vec::new(),
+            enqueued: Instant::now(),
+            reply,
+        })
+    }
+
+    /// A streaming job: one hop of one stream, `frames` (`hop * 40` values) and its model `state`
+    /// (not empty), enqueued now; the posteriors are written into `probs` (cleared; its capacity
+    /// is reused) and the new state into `state`, both handed back in the reply.
+    pub fn hop(
+        frames: Vec<f32>,
+        state: Vec<f32>,
+        probs: Vec<f32>,
+        reply: oneshot::Sender<JobResult>,
+    ) -> Result<Self, ScoreError> {
+        if frames.is_empty() || state.is_empty() {
+            return Err(ScoreError::InputShape { got: frames.len() });
+        }
+        Ok(Self {
+            features: frames,
+            state,
+            probs,
+            windows: 1,
             enqueued: Instant::now(),
             reply,
         })
@@ -69,10 +111,13 @@ pub enum BatchError {
 /// A scored job: the buffers back, and how it went.
 #[derive(Debug)]
 pub struct JobResult {
-    /// The job's features, handed back so the stream reuses the allocation.
+    /// The job's features (streaming: frames), handed back so the stream reuses the allocation.
     pub features: Vec<f32>,
     /// `windows * classes` posteriors (empty on error).
     pub probs: Vec<f32>,
+    /// Streaming: the stream's new model state (on error: the state sent, unchanged). Empty for a
+    /// windowed job.
+    pub state: Vec<f32>,
     pub result: Result<(), BatchError>,
     /// Windows in the batch this job ran in.
     pub batch_windows: usize,
@@ -145,11 +190,83 @@ impl QueueWait {
 #[error("the scoring workers of model {0} have stopped")]
 pub struct BatcherClosed(pub Arc<str>);
 
+/// A worker's scorer: one of each model's workers is of the model's kind (module docs).
+enum WorkerScorer {
+    Windowed(Box<dyn Scorer>),
+    Streaming(Box<dyn StreamScorer>),
+}
+
+impl WorkerScorer {
+    fn num_classes(&self) -> usize {
+        match self {
+            Self::Windowed(s) => s.num_classes(),
+            Self::Streaming(s) => s.num_classes(),
+        }
+    }
+
+    fn layout(&self) -> Option<&StateLayout> {
+        match self {
+            Self::Windowed(_) => None,
+            Self::Streaming(s) => Some(s.layout()),
+        }
+    }
+}
+
+/// Whether `job` can be scored by a worker of this kind: a windowed job for a windowed worker, a
+/// hop of the model's sizes for a streaming one.
+fn check_job(job: &Job, layout: Option<&StateLayout>) -> Result<(), ScoreError> {
+    match layout {
+        None if job.state.is_empty() => Ok(()),
+        None => Err(ScoreError::StateShape {
+            got_in: job.state.len(),
+            got_out: job.state.len(),
+            n: 1,
+            per_stream: 0,
+        }),
+        Some(l) if job.features.len() != l.frame_values() => Err(ScoreError::InputShape {
+            got: job.features.len(),
+        }),
+        Some(l) if job.state.len() != l.len => Err(ScoreError::StateShape {
+            got_in: job.state.len(),
+            got_out: job.state.len(),
+            n: 1,
+            per_stream: l.len,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 impl Batcher {
-    /// Start `scorers.len()` workers, one OS thread each, sharing one queue.
+    /// Start `scorers.len()` windowed workers, one OS thread each, sharing one queue.
     pub fn start(
         model: &str,
         scorers: Vec<Box<dyn Scorer>>,
+        settings: BatcherSettings,
+    ) -> std::io::Result<(Self, Vec<JoinHandle<()>>)> {
+        Self::start_workers(
+            model,
+            scorers.into_iter().map(WorkerScorer::Windowed).collect(),
+            settings,
+        )
+    }
+
+    /// Start `scorers.len()` streaming workers (jobs of [`Job::hop`]), one OS thread each, sharing
+    /// one queue; `max_batch` counts hops.
+    pub fn start_streaming(
+        model: &str,
+        scorers: Vec<Box<dyn StreamScorer>>,
+        settings: BatcherSettings,
+    ) -> std::io::Result<(Self, Vec<JoinHandle<()>>)> {
+        Self::start_workers(
+            model,
+            scorers.into_iter().map(WorkerScorer::Streaming).collect(),
+            settings,
+        )
+    }
+
+    fn start_workers(
+        model: &str,
+        scorers: Vec<WorkerScorer>,
         settings: BatcherSettings,
     ) -> std::io::Result<(Self, Vec<JoinHandle<()>>)> {
         let (tx, rx) = flume::bounded::<Job>(settings.queue_capacity);
@@ -274,30 +391,42 @@ impl BatchState {
         self.jobs.iter().map(|j| j.enqueued)
     }
 
-    /// The batch's features, job after job, into `out` (cleared first).
-    fn concatenate(&self, out: &mut Vec<f32>) {
+    /// The batch's features, job after job, into `out`, and (streaming) its states into `states`,
+    /// stream-major (both cleared first).
+    fn concatenate(&self, out: &mut Vec<f32>, states: &mut Vec<f32>) {
         out.clear();
+        states.clear();
         for job in &self.jobs {
             out.extend_from_slice(&job.features);
+            states.extend_from_slice(&job.state);
         }
     }
 
     /// Answer every job of the batch: its slice of `scored` (`windows * classes` posteriors for the
-    /// whole batch) or the error. Empties the batch (a held job stays held).
-    fn split(&mut self, scored: Result<&[f32], &BatchError>, classes: usize) {
+    /// whole batch, and the new states, stream-major, for a streaming batch) or the error. Writes
+    /// into each job's own buffers. Empties the batch (a held job stays held).
+    fn split(&mut self, scored: Result<(&[f32], &[f32]), &BatchError>, classes: usize) {
         let batch_windows = self.windows;
-        let mut offset = 0;
-        for job in self.jobs.drain(..) {
+        let (mut offset, mut state_offset) = (0, 0);
+        for mut job in self.jobs.drain(..) {
             let n = job.windows * classes;
-            let (probs, result) = match scored {
-                Ok(all) => (all[offset..offset + n].to_vec(), Ok(())),
-                Err(e) => (Vec::new(), Err(e.clone())),
+            job.probs.clear();
+            let result = match scored {
+                Ok((all, states)) => {
+                    job.probs.extend_from_slice(&all[offset..offset + n]);
+                    let s = job.state.len();
+                    job.state.copy_from_slice(&states[state_offset..state_offset + s]);
+                    state_offset += s;
+                    Ok(())
+                }
+                Err(e) => Err(e.clone()),
             };
             offset += n;
             // A stream that went away meanwhile does not read its reply: nothing to do.
             let _ = job.reply.send(JobResult {
                 features: job.features,
-                probs,
+                probs: job.probs,
+                state: job.state,
                 result,
                 batch_windows,
             });
@@ -306,8 +435,19 @@ impl BatchState {
     }
 }
 
+/// Answer a job that cannot be scored by this worker (wrong kind or shape) with `e`.
+fn refuse(job: Job, e: ScoreError) {
+    let _ = job.reply.send(JobResult {
+        features: job.features,
+        probs: Vec::new(),
+        state: job.state,
+        result: Err(BatchError::Score(e)),
+        batch_windows: 0,
+    });
+}
+
 fn worker(
-    mut scorer: Box<dyn Scorer>,
+    mut scorer: WorkerScorer,
     rx: flume::Receiver<Job>,
     settings: BatcherSettings,
     model: Arc<str>,
@@ -320,7 +460,12 @@ fn worker(
     let inference = metrics::histogram!(names::INFERENCE, &labels);
     let depth = metrics::gauge!(names::QUEUE_DEPTH, &labels);
     let mut state = BatchState::new(settings.max_batch);
-    let mut features: Vec<f32> = Vec::with_capacity(settings.max_batch * WINDOW_VALUES);
+    let layout = scorer.layout().cloned();
+    let per_row = layout.as_ref().map_or(WINDOW_VALUES, StateLayout::frame_values);
+    let mut features: Vec<f32> = Vec::with_capacity(settings.max_batch * per_row);
+    let state_len = layout.as_ref().map_or(0, |l| l.len);
+    let mut states_in: Vec<f32> = Vec::with_capacity(settings.max_batch * state_len);
+    let mut states_out: Vec<f32> = Vec::with_capacity(settings.max_batch * state_len);
     let mut probs: Vec<f32> = Vec::new();
     loop {
         // A batch opens with the job held over from the last one, else with the next in the queue;
@@ -332,13 +477,22 @@ fn worker(
                 Err(_) => break,
             },
         };
-        let mut offer = state.offer(first);
+        let mut offer = match check_job(&first, layout.as_ref()) {
+            Ok(()) => state.offer(first),
+            Err(e) => {
+                refuse(first, e);
+                continue;
+            }
+        };
         let Some(deadline) = state.deadline(settings.max_delay) else {
             continue; // its stream has gone
         };
         while offer != Offer::Full {
             match rx.recv_deadline(deadline) {
-                Ok(job) => offer = state.offer(job),
+                Ok(job) => match check_job(&job, layout.as_ref()) {
+                    Ok(()) => offer = state.offer(job),
+                    Err(e) => refuse(job, e),
+                },
                 Err(_) => break,
             }
         }
@@ -350,16 +504,26 @@ fn worker(
         for enqueued in state.enqueued() {
             queue_wait.record(started.saturating_duration_since(enqueued).as_secs_f64());
         }
-        state.concatenate(&mut features);
+        state.concatenate(&mut features, &mut states_in);
         let windows = state.windows();
         probs.resize(windows * classes, 0.0);
-        let result = scorer.score(&features, &mut probs).map_err(BatchError::from);
+        states_out.resize(states_in.len(), 0.0);
+        let result = match &mut scorer {
+            WorkerScorer::Windowed(s) => s.score(&features, &mut probs),
+            WorkerScorer::Streaming(s) => s.score(&features, &states_in, &mut states_out, &mut probs),
+        }
+        .map_err(BatchError::from);
         inference.record(started.elapsed().as_secs_f64());
         batch_size.record(windows as f64);
         if let Err(e) = &result {
             tracing::error!(model = %model, windows, error = %e, "inference failed");
         }
-        state.split(result.as_ref().map(|()| probs.as_slice()), classes);
+        state.split(
+            result
+                .as_ref()
+                .map(|()| (probs.as_slice(), states_out.as_slice())),
+            classes,
+        );
     }
     tracing::debug!(model = %model, "inference worker stopped");
 }
@@ -425,10 +589,11 @@ mod tests {
         // 9 windows would exceed 8: the batch is complete at 6 and `c` waits for the next one.
         assert_eq!(s.offer(c), Offer::Full);
         assert_eq!(s.windows(), 6);
-        let mut features = Vec::new();
-        s.concatenate(&mut features);
+        let (mut features, mut states) = (Vec::new(), Vec::new());
+        s.concatenate(&mut features, &mut states);
         assert_eq!(features.len(), 6 * WINDOW_VALUES);
-        s.split(Ok(&[0.5; 6 * 2]), 2);
+        assert!(states.is_empty(), "windowed jobs have no state");
+        s.split(Ok((&[0.5; 6 * 2], &[])), 2);
         assert_eq!(s.windows(), 0);
         let held = s.take_held().expect("held over");
         assert_eq!(held.windows(), 3);
@@ -468,15 +633,15 @@ mod tests {
         let (b, mut rb) = job(100.0, 2);
         s.offer(a);
         s.offer(b);
-        let mut features = Vec::new();
-        s.concatenate(&mut features);
+        let (mut features, mut states) = (Vec::new(), Vec::new());
+        s.concatenate(&mut features, &mut states);
         let firsts: Vec<f32> = features.chunks(WINDOW_VALUES).map(|w| w[0]).collect();
         assert_eq!(
             firsts,
             vec![0.0, 100.0, 101.0],
             "job after job, window after window"
         );
-        s.split(Ok(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), 2);
+        s.split(Ok((&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[])), 2);
         let a = ra.try_recv().expect("a answered");
         let b = rb.try_recv().expect("b answered");
         assert_eq!((a.probs, a.batch_windows), (vec![1.0, 2.0], 3));
@@ -516,6 +681,116 @@ mod tests {
         }
         // 12 windows with max_batch 8 and a long max_delay: two batches, the first one full.
         assert_eq!(*sizes.lock().expect("lock"), vec![8, 4]);
+        drop(b);
+        for h in handles {
+            h.join().expect("worker exits when the batcher is dropped");
+        }
+    }
+
+    /// A streaming fake: 2 frames x 40 per hop, a state of 3 values per stream; the new state is the
+    /// old one plus the hop's first frame value, the posteriors are (first frame value, state[0]).
+    struct Counter(StateLayout, Arc<std::sync::Mutex<Vec<usize>>>);
+
+    fn counter_layout() -> StateLayout {
+        StateLayout {
+            hop_frames: 2,
+            lead_frames: 0,
+            first_valid_call: 48,
+            tensors: Vec::new(),
+            len: 3,
+        }
+    }
+
+    impl StreamScorer for Counter {
+        fn num_classes(&self) -> usize {
+            2
+        }
+        fn layout(&self) -> &StateLayout {
+            &self.0
+        }
+        fn score(
+            &mut self,
+            frames: &[f32],
+            states_in: &[f32],
+            states_out: &mut [f32],
+            probs: &mut [f32],
+        ) -> Result<(), ScoreError> {
+            let n =
+                kws_models::streaming::check_stream_batch(&self.0, frames, states_in, states_out, probs, 2)?;
+            self.1
+                .lock()
+                .map_err(|_| ScoreError::Runtime("poisoned".into()))?
+                .push(n);
+            for i in 0..n {
+                let f = frames[i * 80];
+                for k in 0..3 {
+                    states_out[i * 3 + k] = states_in[i * 3 + k] + f;
+                }
+                probs[2 * i] = f;
+                probs[2 * i + 1] = states_in[i * 3];
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streaming_jobs_batch_states_and_get_their_new_state_back() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let settings = BatcherSettings {
+            max_batch: 8,
+            max_delay: Duration::from_millis(200),
+            queue_capacity: 64,
+        };
+        let (b, handles) = Batcher::start_streaming(
+            "m",
+            vec![Box::new(Counter(counter_layout(), sizes.clone()))],
+            settings,
+        )
+        .expect("start");
+        let mut rxs = Vec::new();
+        for i in 0..3 {
+            let (reply, rx) = oneshot::channel();
+            let mut frames = vec![0.0; 80];
+            frames[0] = i as f32 + 1.0;
+            let state = vec![10.0 * i as f32; 3];
+            let probs = Vec::with_capacity(2);
+            b.submit(Job::hop(frames, state, probs, reply).expect("hop"))
+                .await
+                .expect("submit");
+            rxs.push(rx);
+        }
+        // A hop of the wrong size is answered with an error, not scored with the others.
+        let (reply, bad) = oneshot::channel();
+        b.submit(Job::hop(vec![0.0; 40], vec![0.0; 3], Vec::new(), reply).expect("hop"))
+            .await
+            .expect("submit");
+        // A windowed job on a streaming batcher likewise.
+        let (w, wrx) = job(0.0, 1);
+        b.submit(w).await.expect("submit");
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let r = rx.await.expect("reply");
+            assert!(r.result.is_ok(), "{:?}", r.result);
+            let (f, s) = (i as f32 + 1.0, 10.0 * i as f32);
+            assert_eq!(r.probs, vec![f, s]);
+            assert_eq!(
+                r.state,
+                vec![s + f; 3],
+                "the new state comes back in the job's buffer"
+            );
+            assert_eq!(
+                (r.features.len(), r.probs.capacity()),
+                (80, 2),
+                "buffers come back"
+            );
+        }
+        let bad = bad.await.expect("answered");
+        assert!(matches!(
+            bad.result,
+            Err(BatchError::Score(ScoreError::InputShape { got: 40 }))
+        ));
+        assert_eq!(bad.state, vec![0.0; 3], "state unchanged");
+        assert!(wrx.await.expect("answered").result.is_err());
+        assert_eq!(*sizes.lock().expect("lock"), vec![3], "three hops, one call");
         drop(b);
         for h in handles {
             h.join().expect("worker exits when the batcher is dropped");

@@ -257,7 +257,10 @@ impl Default for VerifierConfig {
 pub struct ModelsConfig {
     /// Directory holding one sub-directory per model (`<dir>/<name>/manifest.json`).
     pub dir: PathBuf,
-    /// Served models as `name:variant` (variant `int8` or `fp32`). Each gets its own workers.
+    /// Served models as `name:variant` (variant `int8` or `fp32`). Each gets its own workers. A
+    /// model whose manifest has a `streaming` section is scored on its streaming graph (of the
+    /// variant, else fp32); `name:variant:windowed` serves it on its windowed graph instead (e.g.
+    /// beside the streaming one, for capacity comparisons). See [`ModelSpec`].
     pub serve: Vec<String>,
     /// Model used when a stream names none (`name:variant` or a name among `serve`).
     pub default: String,
@@ -615,19 +618,44 @@ fn set<T>(dst: &mut T, v: Option<T>) {
     }
 }
 
-/// `name:variant` -> (name, variant); the variant must be `fp32` or `int8`.
-pub fn parse_model_spec(spec: &str) -> Result<(String, String), ConfigError> {
-    let (name, variant) = spec.split_once(':').ok_or_else(|| {
+/// One `models.serve` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub name: String,
+    /// `fp32` or `int8`.
+    pub variant: String,
+    /// `name:variant:windowed`: a streamable model (manifest `streaming` section) served on its
+    /// windowed graph. Without it such a model is served streaming; for other models it changes
+    /// nothing.
+    pub windowed: bool,
+}
+
+/// `name:variant` or `name:variant:windowed`; the variant must be `fp32` or `int8`.
+pub fn parse_model_spec(spec: &str) -> Result<ModelSpec, ConfigError> {
+    let (name, rest) = spec.split_once(':').ok_or_else(|| {
         bad(format!(
             "model {spec:?} must be written name:variant (e.g. tc-resnet8:int8)"
         ))
     })?;
+    let (variant, windowed) = match rest.split_once(':') {
+        Some((v, "windowed")) => (v, true),
+        Some(_) => {
+            return Err(bad(format!(
+                "model {spec:?}: the only suffix after name:variant is \":windowed\""
+            )));
+        }
+        None => (rest, false),
+    };
     if name.is_empty() || !["fp32", "int8"].contains(&variant) {
         return Err(bad(format!(
             "model {spec:?}: name must be non-empty and variant fp32 or int8"
         )));
     }
-    Ok((name.to_string(), variant.to_string()))
+    Ok(ModelSpec {
+        name: name.to_string(),
+        variant: variant.to_string(),
+        windowed,
+    })
 }
 
 #[cfg(test)]
@@ -680,6 +708,24 @@ mod tests {
             let e = c.validate().expect_err(name).to_string();
             assert!(e.contains(name), "{e}");
         }
+    }
+
+    #[test]
+    fn model_specs_and_the_windowed_suffix() {
+        let spec = |s| parse_model_spec(s).map(|m| (m.name, m.variant, m.windowed));
+        assert_eq!(spec("a:int8").expect("plain"), ("a".into(), "int8".into(), false));
+        assert_eq!(
+            spec("a-stream:fp32:windowed").expect("windowed"),
+            ("a-stream".into(), "fp32".into(), true)
+        );
+        assert!(
+            spec("a:fp32:stream")
+                .expect_err("suffix")
+                .to_string()
+                .contains(":windowed")
+        );
+        assert!(spec("a:fp16").is_err());
+        assert!(spec("a").is_err());
     }
 
     #[test]

@@ -140,6 +140,19 @@ impl KeywordSpotting for KwsService {
         })?;
         let valid = validation::validate(&config, &model.manifest, &self.deps.server)
             .map_err(|e| reject(e.into(), Counted::Streams))?;
+        // A streaming graph scores exactly its own hop: another hop_ms is refused before admission.
+        if let Some(layout) = &model.streaming
+            && valid.stream.hop_frames as usize != layout.hop_frames
+        {
+            let e = kws_models::ConfigError::StreamingHop {
+                got: valid.stream.hop_frames,
+                model: layout.hop_frames as u32,
+            };
+            return Err(reject(
+                ServiceError::InvalidConfig(e.to_string()),
+                Counted::Streams,
+            ));
+        }
         // Load shedding: when this model's scoring queue already waits too long, one more stream
         // would make every admitted stream later; refuse it instead.
         let limit_ms = self.deps.server.shed_queue_wait_ms;

@@ -1,5 +1,12 @@
 //! The served models: manifests, their batchers (with one ONNX Runtime session per worker), and
 //! their public description.
+//!
+//! A model whose manifest has a `streaming` section is served on its streaming graph (workers of
+//! `OnnxStreamScorer`, streams of `Spotter::new_streaming`), unless its `models.serve` entry ends
+//! in `:windowed`. The streaming graph of the configured variant is used if the manifest lists one
+//! (`streaming.files`), else fp32 with a warning; `variant` (and `ModelInfo.variant`,
+//! `Ready.model.variant`) is the variant actually scored, while the served name stays the
+//! configured one so that clients and `models.default` keep finding it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +15,10 @@ use std::thread::JoinHandle;
 
 use kws_models::frontend::MS_PER_FRAME;
 use kws_models::frontend::WINDOW_VALUES;
-use kws_models::{ClipScorer, Manifest, OnnxScorer, Scorer, ScorerOptions, Verifier};
+use kws_models::{
+    ClipScorer, Manifest, OnnxScorer, OnnxStreamScorer, Scorer, ScorerOptions, StateLayout, StreamScorer,
+    Verifier,
+};
 use kws_proto::v1;
 
 use crate::batcher::{Batcher, BatcherSettings};
@@ -20,7 +30,12 @@ use crate::verify::{VerifierPool, VerifierSettings};
 #[derive(Debug)]
 pub struct ServedModel {
     pub name: String,
+    /// The variant scored (for a streaming model without a streaming graph of the configured
+    /// variant: fp32).
     pub variant: String,
+    /// Served on its streaming graph: the per-stream state layout (streams are
+    /// `Spotter::new_streaming` and their jobs `Job::hop`). `None`: windowed.
+    pub streaming: Option<StateLayout>,
     pub manifest: Manifest,
     pub batcher: Batcher,
     /// The verifier of a model whose manifest has one (streams run the cascade unless they opt out).
@@ -60,33 +75,70 @@ impl Registry {
                     reason,
                 }
             };
-            let (name, variant) = parse_model_spec(spec).map_err(|e| fail(e.to_string()))?;
-            let manifest = Manifest::load(config.models.dir.join(&name)).map_err(|e| fail(e.to_string()))?;
+            let parsed = parse_model_spec(spec).map_err(|e| fail(e.to_string()))?;
+            let manifest =
+                Manifest::load(config.models.dir.join(&parsed.name)).map_err(|e| fail(e.to_string()))?;
             let options = ScorerOptions {
                 intra_threads: config.batcher.intra_threads,
                 optimize: true,
                 library: config.models.ort_library.clone(),
             };
-            let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
-            // The largest batch a worker forms (`max_batch` is a cap, see `batcher`).
-            let largest = config.batcher.max_batch;
-            for _ in 0..config.batcher.workers {
-                let mut s =
-                    OnnxScorer::new(&manifest, &variant, &options).map_err(|e| fail(e.to_string()))?;
-                // Score that batch once now: ONNX Runtime's memory arena keeps what its largest run
-                // needed, so it reaches its final size at start-up instead of in steps whenever a
-                // load spike first forms a bigger batch (seen as RSS steps in the soak).
-                let mut probs = vec![0.0; largest * manifest.num_classes()];
-                s.score(&vec![0.0; largest * WINDOW_VALUES], &mut probs)
-                    .map_err(|e| fail(format!("warm-up batch of {largest} windows: {e}")))?;
-                scorers.push(Box::new(s));
-            }
             let settings = BatcherSettings {
                 max_batch: config.batcher.max_batch,
                 max_delay: config.batcher.max_delay(),
                 queue_capacity: config.batcher.queue_capacity,
             };
-            let (batcher, h) = Batcher::start(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
+            // The largest batch a worker forms (`max_batch` is a cap, see `batcher`). Each worker
+            // scores that batch once now: ONNX Runtime's memory arena keeps what its largest run
+            // needed, so it reaches its final size at start-up instead of in steps whenever a load
+            // spike first forms a bigger batch (seen as RSS steps in the soak).
+            let largest = config.batcher.max_batch;
+            let classes = manifest.num_classes();
+            let stream_variant = streaming_variant(&manifest, &parsed.variant, parsed.windowed);
+            let (variant, streaming, (batcher, h)) = match stream_variant {
+                None => {
+                    let mut scorers: Vec<Box<dyn Scorer>> = Vec::new();
+                    for _ in 0..config.batcher.workers {
+                        let mut s = OnnxScorer::new(&manifest, &parsed.variant, &options)
+                            .map_err(|e| fail(e.to_string()))?;
+                        let mut probs = vec![0.0; largest * classes];
+                        s.score(&vec![0.0; largest * WINDOW_VALUES], &mut probs)
+                            .map_err(|e| fail(format!("warm-up batch of {largest} windows: {e}")))?;
+                        scorers.push(Box::new(s));
+                    }
+                    let b = Batcher::start(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
+                    (parsed.variant.clone(), None, b)
+                }
+                Some(variant) => {
+                    if variant != parsed.variant {
+                        tracing::warn!(model = %spec, configured = %parsed.variant, served = %variant,
+                            "the model has no streaming graph of the configured variant: serving its fp32 streaming graph");
+                    }
+                    let mut scorers: Vec<Box<dyn StreamScorer>> = Vec::new();
+                    let mut layout = None;
+                    for _ in 0..config.batcher.workers {
+                        let mut s = OnnxStreamScorer::new(&manifest, &variant, &options)
+                            .map_err(|e| fail(e.to_string()))?;
+                        let l = s.layout().clone();
+                        let mut probs = vec![0.0; largest * classes];
+                        let states = vec![0.0; largest * l.len];
+                        let mut next = states.clone();
+                        s.score(
+                            &vec![0.0; largest * l.frame_values()],
+                            &states,
+                            &mut next,
+                            &mut probs,
+                        )
+                        .map_err(|e| fail(format!("warm-up batch of {largest} hops: {e}")))?;
+                        layout = Some(l);
+                        scorers.push(Box::new(s));
+                    }
+                    let layout = layout.or_else(|| manifest.streaming.as_ref().map(|s| s.layout()));
+                    let b =
+                        Batcher::start_streaming(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
+                    (variant, layout, b)
+                }
+            };
             handles.extend(h);
             let verifier = match &manifest.verifier {
                 None => None,
@@ -100,16 +152,18 @@ impl Registry {
             };
             let mut info = model_info(spec, &variant, &manifest);
             info.is_default = Some(spec) == default.as_ref();
+            set_streaming(&mut info, streaming.as_ref(), &manifest, &variant);
             metrics::gauge!(names::MODEL_LOADED, "model" => spec.clone(), "variant" => variant.clone(),
                 "version" => manifest.version.clone())
             .set(1.0);
-            tracing::info!(model = %spec, version = %manifest.version, workers = config.batcher.workers,
-                "model loaded");
+            tracing::info!(model = %spec, version = %manifest.version, variant = %variant,
+                workers = config.batcher.workers, streaming = streaming.is_some(), "model loaded");
             models.insert(
                 spec.clone(),
                 Arc::new(ServedModel {
                     name: spec.clone(),
                     variant,
+                    streaming,
                     manifest,
                     batcher,
                     verifier,
@@ -182,6 +236,29 @@ fn load_verifier(
     tracing::info!(model = %spec, workers = config.verifier.workers, max_batch = settings.max_batch,
         "verifier loaded");
     VerifierPool::start(spec, scorers, settings).map_err(|e| e.to_string())
+}
+
+/// The variant of the streaming graph to serve for `manifest` configured as `variant`: `None` for a
+/// windowed model (no `streaming` section, or `windowed` asked); the configured variant if the
+/// manifest has its streaming graph, else fp32 (the caller warns).
+pub fn streaming_variant(manifest: &Manifest, variant: &str, windowed: bool) -> Option<String> {
+    let spec = manifest.streaming.as_ref().filter(|_| !windowed)?;
+    Some(if spec.files.contains_key(variant) {
+        variant.to_string()
+    } else {
+        "fp32".to_string()
+    })
+}
+
+/// Mark `info` as served streaming with `layout` (or windowed): the streaming graph's sha256
+/// replaces the windowed one's.
+pub fn set_streaming(info: &mut v1::ModelInfo, layout: Option<&StateLayout>, m: &Manifest, variant: &str) {
+    info.streaming = layout.is_some();
+    info.state_bytes_per_stream = layout.map_or(0, |l| l.state_bytes() as u64);
+    info.streaming_hop_ms = layout.map_or(0, |l| l.hop_frames as u32 * MS_PER_FRAME);
+    if let (Some(_), Some(s)) = (layout, &m.streaming) {
+        info.sha256 = s.files.get(variant).map(|f| f.sha256.clone()).unwrap_or_default();
+    }
 }
 
 /// The served name `requested` stands for: itself, or the one served `name:variant` of a bare name.
@@ -261,6 +338,10 @@ pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
                 licence: v.licence.clone(),
             }
         }),
+        // Windowed until `set_streaming` says otherwise (the registry knows how it is served).
+        streaming: false,
+        state_bytes_per_stream: 0,
+        streaming_hop_ms: 0,
     }
 }
 
@@ -271,5 +352,35 @@ pub fn runtime_info() -> v1::Runtime {
         cpu_arch: cpu.arch.to_string(),
         cpu_features: cpu.features_string(),
         int8_kernels: cpu.int8_kernels.as_str().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streaming_model_is_served_streaming_unless_windowed_and_falls_back_to_fp32() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+        let mut m = Manifest::load(dir.join("tc-resnet8-stream")).expect("manifest");
+        assert_eq!(streaming_variant(&m, "fp32", false).as_deref(), Some("fp32"));
+        assert_eq!(streaming_variant(&m, "fp32", true), None, ":windowed");
+        // Without an int8 streaming graph (as tc-resnet8-stream 2.0.0 first shipped): fp32.
+        if let Some(s) = m.streaming.as_mut() {
+            s.files.remove("int8");
+        }
+        assert_eq!(streaming_variant(&m, "int8", false).as_deref(), Some("fp32"));
+        // With one (added later, e.g. by `kws_train.streaming int8`): picked up as it is.
+        if let Some(s) = m.streaming.as_mut() {
+            let fp32 = s.files["fp32"].clone();
+            s.files.insert("int8".into(), fp32);
+        }
+        assert_eq!(streaming_variant(&m, "int8", false).as_deref(), Some("int8"));
+        let windowed = Manifest::load(dir.join("tc-resnet8")).expect("manifest");
+        assert_eq!(
+            streaming_variant(&windowed, "int8", false),
+            None,
+            "no streaming section"
+        );
     }
 }

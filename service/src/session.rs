@@ -20,6 +20,14 @@
 //! a failed verification with INTERNAL. At the end, the last candidates are verified on the audio
 //! there is, before the summary.
 //!
+//! Streaming models (`ServedModel::streaming`): the Spotter keeps the model state and the frames of
+//! the hops not scored yet instead of emitting windows; the session sends ONE hop at a time (frames
+//! and state, in buffers that come back with the reply and are reused) and, when its reply is in,
+//! completes it (`Spotter::advance_hop`) and applies the window it completed through the same
+//! `apply` as windowed replies (decoder, cascade, events, trace, progress), then sends the next hop.
+//! A large chunk's hops thus go in rounds, one per batch; unscored hops count against
+//! `max_inflight_windows` like queued windows.
+//!
 //! How a stream ends: half-close → flush, summary, OK. Drain grace over, idle timeout or lifetime
 //! limit → flush, summary (of everything received), then UNAVAILABLE / DEADLINE_EXCEEDED. Bad input
 //! → INVALID_ARGUMENT at once. Client gone → nothing to send. Audio accounting: received audio is
@@ -39,7 +47,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kws_models::frontend::{WINDOW_MS, WINDOW_VALUES};
-use kws_models::{ApplyError, CascadeError, Spotter, WindowBatch, WindowMeta};
+use kws_models::{ApplyError, CascadeError, Spotter, StateLayout, WindowBatch, WindowMeta};
 use kws_proto::v1::{self, detect_request, detect_response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tonic::Status;
@@ -116,8 +124,13 @@ pub fn start(
     permit: OwnedSemaphorePermit,
     opened: Instant,
 ) -> Result<ResponseStream, ServiceError> {
-    let spotter = Spotter::new(valid.stream.clone(), model.manifest.num_classes())
-        .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
+    let classes = model.manifest.num_classes();
+    let spotter = match &model.streaming {
+        Some(layout) => Spotter::new_streaming(valid.stream.clone(), classes, layout.clone()),
+        None => Spotter::new(valid.stream.clone(), classes),
+    }
+    .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?;
+    let hop_buffers = model.streaming.as_ref().map(|l| HopBuffers::new(l, classes));
     let (out, stream) = response::channel(deps.server.response_buffer, deps.server.slow_reader_timeout());
     let last_word = out.last_word();
     let stream_id = format!("{:016x}", rand::random::<u64>());
@@ -146,6 +159,8 @@ pub fn start(
         pending: PendingQueue::default(),
         verdict: None,
         spare: Vec::new(),
+        hop_buffers,
+        last_arrived: Instant::now(),
         inflight_windows: 0,
         processed_ms: 0,
         received_counted_ms: 0,
@@ -211,9 +226,50 @@ impl Drop for Active {
     }
 }
 
+/// What a job scores.
+enum Scored {
+    /// Windows of a windowed stream, in order.
+    Windows(Vec<WindowMeta>),
+    /// The next hop of a streaming stream (its window, if any, comes from `Spotter::advance_hop`).
+    Hop,
+}
+
+impl Scored {
+    /// Rows of the batch the job takes.
+    fn rows(&self) -> usize {
+        match self {
+            Self::Windows(w) => w.len(),
+            Self::Hop => 1,
+        }
+    }
+}
+
+/// A job to build once the stream has room for it.
+enum JobInput {
+    Windows(Vec<f32>, Vec<WindowMeta>),
+    Hop(HopBuffers),
+}
+
+/// A streaming stream's job buffers: they go out with each hop and come back with its reply.
+struct HopBuffers {
+    frames: Vec<f32>,
+    state: Vec<f32>,
+    probs: Vec<f32>,
+}
+
+impl HopBuffers {
+    fn new(layout: &StateLayout, classes: usize) -> Self {
+        Self {
+            frames: Vec::with_capacity(layout.frame_values()),
+            state: Vec::with_capacity(layout.len),
+            probs: Vec::with_capacity(classes),
+        }
+    }
+}
+
 /// A job sent to the batcher whose reply has not been applied yet.
 struct Pending {
-    windows: Vec<WindowMeta>,
+    scored: Scored,
     arrived: Instant,
     rx: oneshot::Receiver<JobResult>,
     /// This job's share of the process-wide budget, returned once its reply is applied.
@@ -270,7 +326,9 @@ fn apply_error(e: ApplyError) -> ServiceError {
     match e {
         ApplyError::Cascade(e @ CascadeError::Backlog { .. }) => ServiceError::VerifierBehind(e.to_string()),
         e @ ApplyError::ClipLost { .. } => ServiceError::VerifierBehind(e.to_string()),
-        e @ (ApplyError::Order(_) | ApplyError::Cascade(_)) => ServiceError::Internal(e.to_string()),
+        e @ (ApplyError::Order(_) | ApplyError::Cascade(_) | ApplyError::Hop(_)) => {
+            ServiceError::Internal(e.to_string())
+        }
     }
 }
 
@@ -289,6 +347,11 @@ struct Session {
     /// The candidate whose clip is with the verifier (cascade streams; one at a time).
     verdict: Option<PendingVerdict>,
     spare: Vec<Vec<f32>>,
+    /// Streaming streams: the hop buffers while no hop is with the batcher (`None` while one is).
+    hop_buffers: Option<HopBuffers>,
+    /// When the last chunk arrived (the hops it completed are timed from it).
+    last_arrived: Instant,
+    /// Batch rows queued for scoring: windows, or the hop in flight.
     inflight_windows: usize,
     processed_ms: u64,
     /// Audio already added to the received / processed totals (ms of the stream clock).
@@ -416,7 +479,9 @@ impl Session {
             if *phase.borrow() == Phase::Closing {
                 return End::Closed(ServiceError::Draining);
             }
-            let can_read = self.inflight_windows < server.max_inflight_windows;
+            // Unscored hops of a streaming stream are queued work too.
+            let queued = self.inflight_windows + self.spotter.pending_hops();
+            let can_read = queued < server.max_inflight_windows;
             if !can_read {
                 self.throttled = true;
             }
@@ -445,7 +510,10 @@ impl Session {
             // A drain is seen at the top of the loop; a server gone without one ends like a drain.
             Event::Phase(true) => Ok(()),
             Event::Phase(false) => Err(End::Closed(ServiceError::Draining)),
-            Event::Reply(r) => self.on_reply(r).await,
+            Event::Reply(r) => {
+                self.on_reply(r).await?;
+                self.submit_hop().await
+            }
             Event::Verdict(r) => self.on_verdict(r).await,
             Event::Idle => Err(End::Closed(ServiceError::Idle(server.idle_timeout_ms))),
             Event::Message(msg) => {
@@ -489,6 +557,7 @@ impl Session {
 
     async fn audio(&mut self, data: Vec<u8>) -> Result<(), End> {
         let arrived = Instant::now();
+        self.last_arrived = arrived;
         self.first_audio.get_or_insert(arrived);
         self.throttled = false;
         let format = self.spotter.format();
@@ -505,6 +574,7 @@ impl Session {
                 .map_err(|e| End::Error(ServiceError::InvalidAudio(e.to_string())))?;
             self.count_received();
             self.submit(batch, arrived).await?;
+            self.catch_up_hops(self.deps.server.max_inflight_windows).await?;
             self.dispatch_clip().await?;
         }
         self.check_behind().await
@@ -540,23 +610,56 @@ impl Session {
         }
         let max = self.model.batcher.max_batch();
         if windows.len() <= max {
-            return self.submit_job(features, windows, arrived).await;
+            return self
+                .submit_job(JobInput::Windows(features, windows), arrived)
+                .await;
         }
         for (i, metas) in windows.chunks(max).enumerate() {
             let part = features[i * max * WINDOW_VALUES..(i * max + metas.len()) * WINDOW_VALUES].to_vec();
-            self.submit_job(part, metas.to_vec(), arrived).await?;
+            self.submit_job(JobInput::Windows(part, metas.to_vec()), arrived)
+                .await?;
         }
         self.recycle(features);
         Ok(())
     }
 
-    async fn submit_job(
-        &mut self,
-        features: Vec<f32>,
-        windows: Vec<WindowMeta>,
-        arrived: Instant,
-    ) -> Result<(), End> {
-        let n = windows.len();
+    /// Streaming streams: send the next hop to the batcher, unless one is there already (hop
+    /// `i + 1` needs hop `i`'s state) or no full hop is pending. No-op for windowed streams.
+    async fn submit_hop(&mut self) -> Result<(), End> {
+        if !self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(mut b) = self.hop_buffers.take() else {
+            return Ok(());
+        };
+        let Some(hop) = self.spotter.next_hop() else {
+            self.hop_buffers = Some(b);
+            return Ok(());
+        };
+        b.frames.clear();
+        b.frames.extend_from_slice(hop.frames);
+        b.state.clear();
+        b.state.extend_from_slice(hop.state);
+        self.submit_job(JobInput::Hop(b), self.last_arrived).await
+    }
+
+    /// Streaming streams: score hops in rounds until at most `limit` are unscored (0: all of
+    /// them). No-op for windowed streams.
+    async fn catch_up_hops(&mut self, limit: usize) -> Result<(), End> {
+        loop {
+            self.submit_hop().await?;
+            if self.spotter.pending_hops() <= limit || self.pending.is_empty() {
+                return Ok(());
+            }
+            self.apply_oldest().await?;
+        }
+    }
+
+    async fn submit_job(&mut self, input: JobInput, arrived: Instant) -> Result<(), End> {
+        let n = match &input {
+            JobInput::Windows(_, w) => w.len(),
+            JobInput::Hop(_) => 1,
+        };
         // Per stream: at most `max_inflight_windows` queued, also within one large chunk.
         while !self.pending.is_empty() && self.inflight_windows + n > self.deps.server.max_inflight_windows {
             self.apply_oldest().await?;
@@ -588,7 +691,11 @@ impl Session {
             }
         };
         let (reply, rx) = oneshot::channel();
-        let job = Job::new(features, reply).map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
+        let (job, scored) = match input {
+            JobInput::Windows(features, windows) => (Job::new(features, reply), Scored::Windows(windows)),
+            JobInput::Hop(b) => (Job::hop(b.frames, b.state, b.probs, reply), Scored::Hop),
+        };
+        let job = job.map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
         self.inflight_windows += n;
         self.model
             .batcher
@@ -596,7 +703,7 @@ impl Session {
             .await
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
         self.pending.push(Pending {
-            windows,
+            scored,
             arrived,
             rx,
             _budget: permit,
@@ -620,7 +727,7 @@ impl Session {
                 "scoring worker dropped a job".into(),
             )));
         };
-        self.apply(p.windows, p.arrived, result).await
+        self.apply(p.scored, p.arrived, result).await
     }
 
     fn recycle(&mut self, buf: Vec<f32>) {
@@ -631,19 +738,27 @@ impl Session {
     }
 
     /// Apply a scored job in order: events, trace, progress.
-    async fn apply(
-        &mut self,
-        windows: Vec<WindowMeta>,
-        arrived: Instant,
-        result: JobResult,
-    ) -> Result<(), End> {
-        self.inflight_windows -= windows.len();
+    async fn apply(&mut self, scored: Scored, arrived: Instant, result: JobResult) -> Result<(), End> {
+        self.inflight_windows -= scored.rows();
         self.warming = None;
         if let Err(e) = &result.result {
             return Err(End::Error(ServiceError::Internal(format!(
                 "inference failed: {e}"
             ))));
         }
+        // A hop: the new state goes into the Spotter, which names the window the hop completed
+        // (none during warm-up); its posteriors are then applied like a windowed window's.
+        let hop_window;
+        let windows: &[WindowMeta] = match &scored {
+            Scored::Windows(w) => w,
+            Scored::Hop => {
+                hop_window = self
+                    .spotter
+                    .advance_hop(&result.state)
+                    .map_err(|e| End::Error(apply_error(e)))?;
+                hop_window.as_slice()
+            }
+        };
         let classes = self.model.manifest.num_classes();
         let model_label = self.model.name.clone();
         let mut trace = Vec::new();
@@ -672,7 +787,16 @@ impl Session {
         self.dispatch_clip().await?;
         metrics::counter!(names::WINDOWS, "model" => model_label).increment(windows.len() as u64);
         self.count_processed(self.processed_ms);
-        self.recycle(result.features);
+        match scored {
+            Scored::Windows(_) => self.recycle(result.features),
+            Scored::Hop => {
+                self.hop_buffers = Some(HopBuffers {
+                    frames: result.features,
+                    state: result.state,
+                    probs: result.probs,
+                });
+            }
+        }
         if !trace.is_empty() {
             self.send(v1::DetectResponse {
                 response: Some(detect_response::Response::Trace(v1::ScoreTrace {
@@ -816,6 +940,7 @@ impl Session {
                 self.on_verdict(r).await?;
             } else if !self.pending.is_empty() {
                 self.apply_oldest().await?;
+                self.submit_hop().await?;
             } else {
                 break;
             }
@@ -878,9 +1003,12 @@ impl Session {
         self.spotter
             .finish(&mut batch)
             .map_err(|e| End::Error(ServiceError::Internal(e.to_string())))?;
-        self.submit(batch, Instant::now()).await?;
+        self.last_arrived = Instant::now();
+        self.submit(batch, self.last_arrived).await?;
+        self.catch_up_hops(0).await?;
         while !self.pending.is_empty() {
             self.apply_oldest().await?;
+            self.submit_hop().await?;
         }
         // The last candidates: their clips are cut at the end of the audio.
         self.dispatch_clip().await?;

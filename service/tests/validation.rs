@@ -32,6 +32,7 @@ static MODEL: LazyLock<ServedModel> = LazyLock::new(|| {
     ServedModel {
         name: "tc-resnet8:int8".into(),
         variant: "int8".into(),
+        streaming: None,
         info: model_info("tc-resnet8:int8", "int8", &manifest),
         manifest,
         batcher,
