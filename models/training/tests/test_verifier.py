@@ -162,7 +162,7 @@ def test_shipped_cascade_goldens_agree_with_their_manifests():
 
     models = Path(__file__).resolve().parents[2]
     checked = 0
-    for mdir in (models / "tc-resnet8", models / "tc-resnet14-1.5"):
+    for mdir in (models / "tc-resnet8", models / "tc-resnet14-1.5", models / "tc-resnet8-stream"):
         m = json.loads((mdir / "manifest.json").read_text())
         if "verifier" not in m:
             continue
@@ -177,4 +177,4 @@ def test_shipped_cascade_goldens_agree_with_their_manifests():
             assert all(x["score"] >= np.float32(v["first_stage_threshold"]) for x in c[f"candidates_{variant}"])
             assert c[f"candidates_{variant}"], f"{mdir.name}: the golden stream proposes no candidate"
         checked += 1
-    assert checked == 2
+    assert checked == 3
