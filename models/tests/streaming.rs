@@ -496,3 +496,52 @@ fn the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade() {
         assert_eq!(c, got, "chunk {chunk}");
     }
 }
+
+/// The stream model's own cascade (its manifest's `verifier` section, the default of its streams)
+/// gives the cascade golden's events (`golden.json` `stream.cascade`, `kws_train.verifier_golden
+/// shipped`) on the windowed graph and on the streaming graph, for every variant it streams.
+#[test]
+fn the_stream_models_cascade_gives_its_golden_events() {
+    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
+        println!("the_stream_models_cascade_gives_its_golden_events: skipped (KWS_VERIFIER_QUICK=1)");
+        return;
+    }
+    ort();
+    let manifest = Manifest::load(dir()).unwrap();
+    let want = golden(&dir()).stream.cascade.expect("the stream model has a cascade golden");
+    let config = config(&manifest);
+    assert!(config.cascade.is_some(), "the manifest's cascade is on by default");
+    let mut verifier = Verifier::from_manifest(&manifest, &ScorerOptions::default()).unwrap();
+    let (_, pcm) = inputs().swap_remove(0);
+    for variant in streaming_variants(&manifest) {
+        let want_events = if variant == "fp32" {
+            &want.events_fp32
+        } else {
+            &want.events_int8
+        };
+        let want_key: Vec<(String, u64, u64)> = want_events
+            .iter()
+            .map(|w| (w.keyword.clone(), w.start_ms, w.end_ms))
+            .collect();
+        assert!(!want_key.is_empty());
+        let key = |events: &[Event]| -> Vec<(String, u64, u64)> {
+            events
+                .iter()
+                .map(|e| (manifest.keywords[e.class].clone(), e.start_ms, e.end_ms))
+                .collect()
+        };
+        let mut windowed = OnnxScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
+        let mut w = Spotter::new(config.clone(), manifest.num_classes()).unwrap();
+        let got_windowed = w
+            .process_pcm_with(&mut windowed, Some(&mut verifier), &pcm)
+            .unwrap();
+        assert_eq!(key(&got_windowed), want_key, "{variant} windowed");
+        let mut streaming = OnnxStreamScorer::new(&manifest, variant, &ScorerOptions::default()).unwrap();
+        let got = cascade_streamed(&manifest, &mut streaming, &mut verifier, &config, &pcm, 320);
+        assert_eq!(key(&got), want_key, "{variant} streaming");
+        for (e, w) in got.iter().zip(want_events) {
+            let v = e.verifier_score.expect("a cascade event carries the verifier's score");
+            assert!((v - w.verifier_score).abs() <= 1e-4, "{e:?} vs {w:?}");
+        }
+    }
+}

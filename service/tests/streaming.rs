@@ -1,6 +1,9 @@
 //! A streaming model over real gRPC (`models/tc-resnet8-stream`, served on its streaming graph):
-//! - the golden stream, in random chunks, gives the same events and per-window scores (trace) as
-//!   kws-models' windowed fp32 path of the same model (`model.onnx`), within the streaming bound;
+//! - first stage alone (`first_stage_only`, the comparisons below): the golden stream, in random
+//!   chunks, gives the same events and per-window scores (trace) as kws-models' windowed fp32 path
+//!   of the same model (`model.onnx`), within the streaming bound;
+//! - the model's default, its verifier cascade, gives the cascade golden's events
+//!   (`golden.json` `stream.cascade.events_fp32`, computed by `kws_train.verifier_golden`);
 //! - several streams with different audio at once (their hops share batches) give each the same
 //!   results as alone; 1-ms and 1-s chunks give the same results;
 //! - a hop override other than the graph's is INVALID_ARGUMENT naming the hop it accepts;
@@ -46,6 +49,7 @@ fn request(model: &str, m: &Manifest) -> v1::StreamConfig {
         model: model.into(),
         thresholds: thresholds(m),
         score_trace: true,
+        first_stage_only: true,
         ..config(AudioEncoding::PcmS16le, 16_000, 1)
     }
 }
@@ -62,7 +66,8 @@ fn windowed_crate(pcm: &[u8]) -> Scores {
     };
     let mut scorer = OnnxScorer::new(&m, "fp32", &options).unwrap();
     let t = thresholds(&m);
-    let config = StreamConfig::resolve(&m, native(), &[], &t, DecoderOverrides::default()).unwrap();
+    let mut config = StreamConfig::resolve(&m, native(), &[], &t, DecoderOverrides::default()).unwrap();
+    config.cascade = None;
     let mut spotter = Spotter::new(config, m.num_classes()).unwrap();
     let mut batch = WindowBatch::new();
     spotter.push_pcm(pcm, &mut batch).unwrap();
@@ -225,6 +230,44 @@ async fn a_streaming_model_over_grpc() {
     };
     let out = run_stream(&mut client, vec![req_config(ok), req_audio(pcm.clone())]).await;
     assert_close(&want, &served(&out), TOLERANCE, "hop_ms 20");
+
+    // The model's default, the cascade, on its streaming graph: the cascade golden's events on the
+    // model's own golden stream (not the one above, which is tc-resnet8's).
+    let cascade = v1::StreamConfig {
+        model: STREAM.into(),
+        ..config(AudioEncoding::PcmS16le, 16_000, 1)
+    };
+    let own = s16_bytes(&wav_i16(
+        &repo().join("models/tc-resnet8-stream/golden/stream.wav"),
+    ));
+    let out = run_stream(&mut client, vec![req_config(cascade), req_audio(own)]).await;
+    assert!(out.status.is_none(), "{:?}", out.status);
+    let golden_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/tc-resnet8-stream/golden/golden.json")).unwrap(),
+    )
+    .unwrap();
+    let want_cascade: Vec<(String, u64, u64)> = golden_json["stream"]["cascade"]["events_fp32"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["keyword"].as_str().unwrap().to_string(),
+                e["start_ms"].as_u64().unwrap(),
+                e["end_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!want_cascade.is_empty());
+    let got_cascade: Vec<(String, u64, u64)> = tuples(&out.events)
+        .into_iter()
+        .map(|(k, s, e, _)| (k, s, e))
+        .collect();
+    assert_eq!(got_cascade, want_cascade, "cascade events on the streaming graph");
+    assert!(
+        out.events.iter().all(|e| e.verifier_score.is_some_and(|v| v >= 0.9)),
+        "cascade events carry the verifier's score, at least the verdict threshold"
+    );
 
     // Model info: how each entry is served.
     let info = |name: &'static str| {
