@@ -508,9 +508,15 @@ fn the_stream_models_cascade_gives_its_golden_events() {
     }
     ort();
     let manifest = Manifest::load(dir()).unwrap();
-    let want = golden(&dir()).stream.cascade.expect("the stream model has a cascade golden");
+    let want = golden(&dir())
+        .stream
+        .cascade
+        .expect("the stream model has a cascade golden");
     let config = config(&manifest);
-    assert!(config.cascade.is_some(), "the manifest's cascade is on by default");
+    assert!(
+        config.cascade.is_some(),
+        "the manifest's cascade is on by default"
+    );
     let mut verifier = Verifier::from_manifest(&manifest, &ScorerOptions::default()).unwrap();
     let (_, pcm) = inputs().swap_remove(0);
     for variant in streaming_variants(&manifest) {
@@ -540,7 +546,9 @@ fn the_stream_models_cascade_gives_its_golden_events() {
         let got = cascade_streamed(&manifest, &mut streaming, &mut verifier, &config, &pcm, 320);
         assert_eq!(key(&got), want_key, "{variant} streaming");
         for (e, w) in got.iter().zip(want_events) {
-            let v = e.verifier_score.expect("a cascade event carries the verifier's score");
+            let v = e
+                .verifier_score
+                .expect("a cascade event carries the verifier's score");
             assert!((v - w.verifier_score).abs() <= 1e-4, "{e:?} vs {w:?}");
         }
     }

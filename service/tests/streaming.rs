@@ -265,7 +265,9 @@ async fn a_streaming_model_over_grpc() {
         .collect();
     assert_eq!(got_cascade, want_cascade, "cascade events on the streaming graph");
     assert!(
-        out.events.iter().all(|e| e.verifier_score.is_some_and(|v| v >= 0.9)),
+        out.events
+            .iter()
+            .all(|e| e.verifier_score.is_some_and(|v| v >= 0.9)),
         "cascade events carry the verifier's score, at least the verdict threshold"
     );
 
