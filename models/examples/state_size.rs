@@ -78,27 +78,37 @@ fn main() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8-stream");
     let manifest = Manifest::load(&dir).unwrap();
     let layout = manifest.streaming.as_ref().unwrap().layout();
-    let cfg = StreamConfig::from_manifest(&manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
-    let mut state = layout.initial_state();
-    let before = LIVE.load(Ordering::SeqCst);
-    let mut s = Spotter::new_streaming(cfg, manifest.num_classes(), layout.clone()).unwrap();
-    let mut batch = WindowBatch::new();
-    // 3 s pushed in 20-ms chunks, each chunk's hop completed as a server would.
-    for chunk in vec![0u8; 16_000 * 2 * 3].chunks(640) {
-        s.push_pcm(chunk, &mut batch).unwrap();
-        while let Some(hop) = s.next_hop() {
-            state.copy_from_slice(hop.state);
-            s.complete_hop(&state, &[0.0; 12]).unwrap();
+    let with_cascade =
+        StreamConfig::from_manifest(&manifest, PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap());
+    let first_stage = StreamConfig {
+        cascade: None,
+        ..with_cascade.clone()
+    };
+    for (what, cfg) in [
+        ("first stage alone", first_stage),
+        ("with its cascade", with_cascade),
+    ] {
+        let mut state = layout.initial_state();
+        let before = LIVE.load(Ordering::SeqCst);
+        let mut s = Spotter::new_streaming(cfg, manifest.num_classes(), layout.clone()).unwrap();
+        let mut batch = WindowBatch::new();
+        // 3 s pushed in 20-ms chunks, each chunk's hop completed as a server would.
+        for chunk in vec![0u8; 16_000 * 2 * 3].chunks(640) {
+            s.push_pcm(chunk, &mut batch).unwrap();
+            while let Some(hop) = s.next_hop() {
+                state.copy_from_slice(hop.state);
+                s.complete_hop(&state, &[0.0; 12]).unwrap();
+            }
         }
+        drop(batch);
+        let after = LIVE.load(Ordering::SeqCst);
+        println!(
+            "16000 Hz: {} bytes ({:.1} KiB) of state per streaming Spotter ({}, {what}), of which model state {} bytes",
+            after - before,
+            (after - before) as f64 / 1024.0,
+            manifest.name,
+            layout.state_bytes()
+        );
+        drop(s);
     }
-    drop(batch);
-    let after = LIVE.load(Ordering::SeqCst);
-    println!(
-        "16000 Hz: {} bytes ({:.1} KiB) of state per streaming Spotter ({}), of which model state {} bytes",
-        after - before,
-        (after - before) as f64 / 1024.0,
-        manifest.name,
-        layout.state_bytes()
-    );
-    drop(s);
 }
