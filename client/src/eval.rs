@@ -529,11 +529,7 @@ pub mod local {
             let err = |v: &str, e| EvalError::Local(format!("model {} ({v}): {e}", model_dir.display()));
             let (scorer, variant) = match &manifest.streaming {
                 Some(s) => {
-                    let v = if s.files.contains_key(variant) {
-                        variant
-                    } else {
-                        "fp32"
-                    };
+                    let v = s.served_variant(variant);
                     if v != variant {
                         eprintln!(
                             "note: {} has no {variant} streaming graph: scoring its fp32 one (as the server does)",

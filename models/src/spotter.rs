@@ -672,14 +672,6 @@ impl Spotter {
         matches!(self.sink, FrameSink::Streaming(_))
     }
 
-    /// The streaming model's state layout (`None` for a windowed stream).
-    pub fn state_layout(&self) -> Option<&StateLayout> {
-        match &self.sink {
-            FrameSink::Streaming(h) => Some(&h.layout),
-            FrameSink::Windowed { .. } => None,
-        }
-    }
-
     /// The streaming model's state after the last completed hop (`None` for a windowed stream).
     pub fn model_state(&self) -> Option<&[f32]> {
         match &self.sink {

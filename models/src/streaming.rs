@@ -132,6 +132,17 @@ impl StreamingSpec {
         Ok(())
     }
 
+    /// The streaming graph to score for a model configured as `variant`: that variant's if the
+    /// section lists one, else fp32 (the variant every streaming model ships). The service and
+    /// `kws-client eval --local` both choose by this rule.
+    pub fn served_variant<'a>(&self, variant: &'a str) -> &'a str {
+        if self.files.contains_key(variant) {
+            variant
+        } else {
+            "fp32"
+        }
+    }
+
     /// The state layout this section describes.
     pub fn layout(&self) -> StateLayout {
         let mut offset = 0;

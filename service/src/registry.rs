@@ -17,7 +17,7 @@ use kws_models::frontend::MS_PER_FRAME;
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{
     ClipScorer, Manifest, OnnxScorer, OnnxStreamScorer, Scorer, ScorerOptions, StateLayout, StreamScorer,
-    Verifier,
+    StreamingSpec, Verifier,
 };
 use kws_proto::v1;
 
@@ -114,12 +114,15 @@ impl Registry {
                         tracing::warn!(model = %spec, configured = %parsed.variant, served = %variant,
                             "the model has no streaming graph of the configured variant: serving its fp32 streaming graph");
                     }
+                    // `streaming_variant` returned Some: the manifest has the section.
+                    let layout = manifest.streaming.as_ref().map(StreamingSpec::layout);
+                    let l = layout
+                        .as_ref()
+                        .ok_or_else(|| fail("no streaming section".into()))?;
                     let mut scorers: Vec<Box<dyn StreamScorer>> = Vec::new();
-                    let mut layout = None;
                     for _ in 0..config.batcher.workers {
                         let mut s = OnnxStreamScorer::new(&manifest, &variant, &options)
                             .map_err(|e| fail(e.to_string()))?;
-                        let l = s.layout().clone();
                         let mut probs = vec![0.0; largest * classes];
                         let states = vec![0.0; largest * l.len];
                         let mut next = states.clone();
@@ -130,10 +133,8 @@ impl Registry {
                             &mut probs,
                         )
                         .map_err(|e| fail(format!("warm-up batch of {largest} hops: {e}")))?;
-                        layout = Some(l);
                         scorers.push(Box::new(s));
                     }
-                    let layout = layout.or_else(|| manifest.streaming.as_ref().map(|s| s.layout()));
                     let b =
                         Batcher::start_streaming(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
                     (variant, layout, b)
@@ -243,11 +244,7 @@ fn load_verifier(
 /// manifest has its streaming graph, else fp32 (the caller warns).
 pub fn streaming_variant(manifest: &Manifest, variant: &str, windowed: bool) -> Option<String> {
     let spec = manifest.streaming.as_ref().filter(|_| !windowed)?;
-    Some(if spec.files.contains_key(variant) {
-        variant.to_string()
-    } else {
-        "fp32".to_string()
-    })
+    Some(spec.served_variant(variant).to_string())
 }
 
 /// Mark `info` as served streaming with `layout` (or windowed): the streaming graph's sha256

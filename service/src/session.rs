@@ -941,12 +941,6 @@ impl Session {
             } else if !self.pending.is_empty() {
                 self.apply_oldest().await?;
                 self.submit_hop().await?;
-            } else if self.spotter.pending_hops() > 0 {
-                // A streaming stream's hops not sent yet are windows still to apply: score them.
-                self.submit_hop().await?;
-                if self.pending.is_empty() {
-                    break;
-                }
             } else {
                 break;
             }
