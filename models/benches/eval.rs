@@ -5,6 +5,8 @@
 //! windows per second.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kws_models::eval::GridDecoder;
 use kws_models::{
@@ -23,13 +25,7 @@ fn grid() -> Vec<f32> {
 fn golden_posteriors() -> Vec<(WindowMeta, Vec<f32>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let manifest = Manifest::load(dir.join("tc-resnet8")).unwrap();
-    let lib = std::env::var_os("KWS_ORT_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            dir.join("../.ort")
-                .join(std::env::consts::ARCH)
-                .join("libonnxruntime.so")
-        });
+    let lib = common::ort_lib();
     let opts = ScorerOptions {
         intra_threads: 1,
         optimize: true,

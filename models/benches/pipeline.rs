@@ -3,6 +3,8 @@
 //! "elements/s" = audio seconds per wall second on one core (single-threaded session).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kws_models::{Encoding, Manifest, OnnxScorer, PcmFormat, ScorerOptions, Spotter, StreamConfig};
 use std::hint::black_box;
@@ -11,13 +13,7 @@ use std::path::PathBuf;
 fn pipeline(c: &mut Criterion) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let manifest = Manifest::load(dir.join("tc-resnet8")).unwrap();
-    let lib = std::env::var_os("KWS_ORT_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            dir.join("../.ort")
-                .join(std::env::consts::ARCH)
-                .join("libonnxruntime.so")
-        });
+    let lib = common::ort_lib();
     let wav = hound::WavReader::open(dir.join("tc-resnet8/golden/stream.wav")).unwrap();
     let samples: Vec<i16> = wav.into_samples::<i16>().map(|s| s.unwrap()).collect();
     let seconds = samples.len() as f64 / 16_000.0;
@@ -35,7 +31,13 @@ fn pipeline(c: &mut Criterion) {
         let fmt = PcmFormat::new(Encoding::S16Le, 16_000, 1).unwrap();
         g.bench_function(format!("{variant}/16k_5.5s"), |b| {
             b.iter(|| {
-                let mut sp = Spotter::new(StreamConfig::from_manifest(&manifest, fmt), 12).unwrap();
+                // The first stage's pipeline (the manifest's cascade would need a verifier; its
+                // cost per candidate is `examples/verifier_cost.rs`).
+                let config = StreamConfig {
+                    cascade: None,
+                    ..StreamConfig::from_manifest(&manifest, fmt)
+                };
+                let mut sp = Spotter::new(config, 12).unwrap();
                 black_box(sp.process_pcm(&mut scorer, black_box(&pcm)).unwrap())
             })
         });

@@ -3,22 +3,13 @@
 //! .ort/<arch>/libonnxruntime.so).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{Manifest, OnnxScorer, Scorer, ScorerOptions};
 use std::hint::black_box;
 use std::path::PathBuf;
-
-fn lib() -> PathBuf {
-    std::env::var_os("KWS_ORT_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../.ort")
-                .join(std::env::consts::ARCH)
-                .join("libonnxruntime.so")
-        })
-}
 
 fn scorer(c: &mut Criterion) {
     let model = std::env::var("KWS_BENCH_MODEL").unwrap_or_else(|_| "tc-resnet8".into());
@@ -29,7 +20,7 @@ fn scorer(c: &mut Criterion) {
             let opts = ScorerOptions {
                 intra_threads: threads,
                 optimize: true,
-                library: Some(lib()),
+                library: Some(common::ort_lib()),
             };
             let mut s = OnnxScorer::new(&manifest, variant, &opts).unwrap();
             for n in [1usize, 8, 32, 128, 512] {

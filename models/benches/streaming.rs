@@ -7,22 +7,13 @@
 //! library (KWS_ORT_LIB or .ort/<arch>/libonnxruntime.so).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kws_models::frontend::WINDOW_VALUES;
 use kws_models::{Manifest, OnnxScorer, OnnxStreamScorer, Scorer, ScorerOptions, StreamScorer};
 use std::hint::black_box;
 use std::path::PathBuf;
-
-fn lib() -> PathBuf {
-    std::env::var_os("KWS_ORT_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../.ort")
-                .join(std::env::consts::ARCH)
-                .join("libonnxruntime.so")
-        })
-}
 
 fn values(n: usize) -> Vec<f32> {
     (0..n).map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0).collect()
@@ -34,7 +25,7 @@ fn streaming(c: &mut Criterion) {
     let opts = ScorerOptions {
         intra_threads: 1,
         optimize: true,
-        library: Some(lib()),
+        library: Some(common::ort_lib()),
     };
     let mut g = c.benchmark_group(format!("hop/{model}"));
     for variant in ["fp32", "int8"] {
