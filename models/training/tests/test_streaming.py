@@ -113,7 +113,7 @@ def test_streams_batched_equal_each_alone(variant):
 
 def test_int8_streaming_graph_is_rebuilt_from_the_windowed_int8_graph(tmp_path):
     """`kws_train.streaming int8` reproduces the shipped file byte for byte from `model.int8.onnx`
-    (needs the `onnx` package: the training venv; skipped in the CI venv)."""
+    (needs the `onnx` package, pinned in both the training and the CI requirements)."""
     onnx = pytest.importorskip("onnx")
     from kws_train.streaming import build_int8
 
