@@ -138,6 +138,8 @@ pub struct Batcher {
     model: Arc<str>,
     max_batch: usize,
     wait: Arc<QueueWait>,
+    /// `kws_queue_depth` of this model, registered once (not looked up per job).
+    depth: metrics::Gauge,
 }
 
 /// Smoothed queue wait of the recent batches (the oldest job's wait, exponentially averaged), read by
@@ -287,6 +289,7 @@ impl Batcher {
         Ok((
             Self {
                 tx,
+                depth: metrics::gauge!(names::QUEUE_DEPTH, "model" => model.to_string()),
                 model,
                 max_batch: settings.max_batch,
                 wait,
@@ -308,7 +311,7 @@ impl Batcher {
             .send_async(job)
             .await
             .map_err(|_| BatcherClosed(self.model.clone()));
-        metrics::gauge!(names::QUEUE_DEPTH, "model" => self.model.to_string()).set(self.tx.len() as f64);
+        self.depth.set(self.tx.len() as f64);
         r
     }
 

@@ -145,6 +145,7 @@ pub fn start(
         valid.known_negative,
     );
     let session = Session {
+        metrics: StreamMetrics::new(&model.name),
         id: stream_id,
         evaluator,
         warming: Some(Warming::new(&deps.warming)),
@@ -369,6 +370,26 @@ struct Session {
     windows: u64,
     evaluator: Evaluator,
     warming: Option<Warming>,
+    metrics: StreamMetrics,
+}
+
+/// The metrics a stream updates on every chunk or scored job, registered once when it opens: a
+/// `metrics::counter!` with a label builds its key (a clone of the model's name) and looks it up in
+/// the registry on every call.
+struct StreamMetrics {
+    audio_received: metrics::Gauge,
+    audio_processed: metrics::Gauge,
+    windows: metrics::Counter,
+}
+
+impl StreamMetrics {
+    fn new(model: &str) -> Self {
+        Self {
+            audio_received: metrics::gauge!(names::AUDIO_RECEIVED, "model" => model.to_owned()),
+            audio_processed: metrics::gauge!(names::AUDIO_PROCESSED, "model" => model.to_owned()),
+            windows: metrics::counter!(names::WINDOWS, "model" => model.to_owned()),
+        }
+    }
 }
 
 /// Why the main loop stopped reading the client.
@@ -584,7 +605,8 @@ impl Session {
     fn count_received(&mut self) {
         let now = self.spotter.audio_ms_received();
         if now > self.received_counted_ms {
-            metrics::gauge!(names::AUDIO_RECEIVED, "model" => self.model.name.clone())
+            self.metrics
+                .audio_received
                 .increment((now - self.received_counted_ms) as f64 / 1000.0);
             self.received_counted_ms = now;
         }
@@ -594,7 +616,8 @@ impl Session {
     fn count_processed(&mut self, upto_ms: u64) {
         let now = upto_ms.min(self.received_counted_ms);
         if now > self.processed_counted_ms {
-            metrics::gauge!(names::AUDIO_PROCESSED, "model" => self.model.name.clone())
+            self.metrics
+                .audio_processed
                 .increment((now - self.processed_counted_ms) as f64 / 1000.0);
             self.deps.cpu.add_processed(self.processed_counted_ms, now);
             self.processed_counted_ms = now;
@@ -760,7 +783,6 @@ impl Session {
             }
         };
         let classes = self.model.manifest.num_classes();
-        let model_label = self.model.name.clone();
         let mut trace = Vec::new();
         for (i, w) in windows.iter().enumerate() {
             let probs = &result.probs[i * classes..(i + 1) * classes];
@@ -785,7 +807,7 @@ impl Session {
             }
         }
         self.dispatch_clip().await?;
-        metrics::counter!(names::WINDOWS, "model" => model_label).increment(windows.len() as u64);
+        self.metrics.windows.increment(windows.len() as u64);
         self.count_processed(self.processed_ms);
         match scored {
             Scored::Windows(_) => self.recycle(result.features),
