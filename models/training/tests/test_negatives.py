@@ -20,8 +20,9 @@ from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 
 HAS_WORDS = Path("/usr/share/dict/words").exists()
 #: Every recipe that existed before the negative-speech keys (the e* research arms and the v* verifier
-#: window configs use them).
-CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml") if not p.name.startswith(("e", "v")))
+#: window configs use them, and so does TC-ResNet8 since 2.1.0: its recipe is the e6 arm's).
+CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml")
+                 if not p.name.startswith(("e", "v")) and p.name != "tc-resnet8.toml")
 NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
                    *(TRAINING / "configs" / "research").glob("v*.toml")])
 
@@ -38,9 +39,22 @@ def test_new_arms_load(path):
     from kws_train.data import FAMILIES
 
     r = load_recipe(path)
-    assert r.negative_share > 0 and set(r.negative_engines or r.engines) <= set(FAMILIES)
+    # e5-gnuspeech changes the voices only; every other arm trains on negative speech.
+    assert r.negative_share > 0 or (r.negative_engines is None and "gnuspeech" in r.engines)
+    assert set(r.negative_engines or r.engines) <= set(FAMILIES)
     assert set(r.engines) <= set(FAMILIES) and set(r.vc_engines) <= set(FAMILIES)
     assert r.holdout_families == ["awb"]
+
+
+def test_shipped_tc_resnet8_is_the_e6_arm():
+    """TC-ResNet8 2.1.0 was trained as research/e6-gnuspeech-negatives (models/RESEARCH.md, round 4):
+    the shipped config must stay that recipe under the shipped name, so retrain.sh reproduces it."""
+    shipped = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8.toml"))
+    arm = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / "e6-gnuspeech-negatives.toml",
+                                         steps=12000, holdout_families=["awb"]))
+    assert shipped.pop("name") == "tc-resnet8" and arm.pop("name") == "e6-gnuspeech-negatives"
+    assert shipped == arm
+    assert shipped["negative_share"] == 0.3 and "gnuspeech" in shipped["engines"]
 
 
 def test_recipe_keys_load(tmp_path):
