@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use kws_models::verifier::{CLIP_SAMPLES, Clip, HEAD_CLASSES};
 use kws_models::{Manifest, ScorerOptions, Verifier};
 
+#[path = "../benches/common/mod.rs"]
+mod common;
+
 /// Process CPU time (user + system), in clock ticks of 10 ms (`/proc/self/stat` fields 14 and 15).
 fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -53,14 +56,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verifier"));
     let seconds: f64 = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(3.0);
-    let lib = std::env::var_os("KWS_ORT_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../.ort")
-                .join(std::env::consts::ARCH)
-                .join("libonnxruntime.so")
-        });
+    let lib = common::ort_lib();
     let manifest = Manifest::load(&dir).unwrap();
     let options = ScorerOptions {
         intra_threads: 1,

@@ -150,12 +150,11 @@ fn golden_stream_trace_and_events() {
 /// the smallest distance of a candidate's verifier score to its threshold, which must exceed that.
 #[test]
 fn golden_stream_cascade_events() {
-    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
-        // The emulated ISA paths of deploy/test-isa.sh: one verifier clip costs 25-47 s of CPU under
-        // TCG and this test verifies 18. Its inputs are checked there anyway: the first stage's
-        // trace (golden_stream_trace_and_events) and the verifier's probabilities (tests/verifier.rs,
-        // within 3.4e-6 of native), far inside the golden's margin to the verdict thresholds.
-        println!("golden_stream_cascade_events: skipped (KWS_VERIFIER_QUICK=1)");
+    // The emulated ISA paths of deploy/test-isa.sh: one verifier clip costs 25-47 s of CPU under
+    // TCG and this test verifies 18. Its inputs are checked there anyway: the first stage's trace
+    // (golden_stream_trace_and_events) and the verifier's probabilities (tests/verifier.rs, within
+    // 3.4e-6 of native), far inside the golden's margin to the verdict thresholds.
+    if skip_verifier_runs("golden_stream_cascade_events") {
         return;
     }
     ort();

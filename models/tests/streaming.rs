@@ -451,10 +451,7 @@ fn cascade_streamed(
 fn the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade() {
     // Emulated paths (`deploy/test-isa.sh`): an embedding costs seconds there and this runs ~20 clips;
     // the streaming posteriors the cascade reads are checked there by the tests above.
-    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
-        println!(
-            "the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade: skipped (KWS_VERIFIER_QUICK=1)"
-        );
+    if skip_verifier_runs("the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade") {
         return;
     }
     ort();
@@ -502,8 +499,7 @@ fn the_cascade_on_a_streaming_first_stage_equals_the_windowed_cascade() {
 /// shipped`) on the windowed graph and on the streaming graph, for every variant it streams.
 #[test]
 fn the_stream_models_cascade_gives_its_golden_events() {
-    if std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1") {
-        println!("the_stream_models_cascade_gives_its_golden_events: skipped (KWS_VERIFIER_QUICK=1)");
+    if skip_verifier_runs("the_stream_models_cascade_gives_its_golden_events") {
         return;
     }
     ort();

@@ -96,17 +96,12 @@ fn clip_ranges_match_python() {
     }
 }
 
-/// `$KWS_VERIFIER_QUICK=1` (the emulated paths of `deploy/test-isa.sh`, where one embedding costs
-/// seconds of CPU): one clip (the stream start with lead 3: 6 embeddings, the fewest), without the
-/// batch-vs-single and `score` re-runs.
-fn quick() -> bool {
-    std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1")
-}
-
 #[test]
 fn probabilities_match_python() {
     let mut g = golden();
-    if quick() {
+    // Quick (the emulated ISA paths): one clip, the stream start with lead 3 (6 embeddings, the
+    // fewest); below, without the batch-vs-single and `score` re-runs.
+    if verifier_quick() {
         g.clips = g
             .clips
             .into_iter()
@@ -136,23 +131,23 @@ fn probabilities_match_python() {
     // One batch of every clip: the mel model runs per clip, so batch-mates cannot change a result.
     let batch = v.score_clips(&clips).unwrap();
     let mut views = Vec::new();
-    if !quick() {
+    if !verifier_quick() {
         v.views(&clips, &mut views).unwrap();
     }
     let (mut worst_p, mut worst_e) = (0.0f32, 0.0f32);
     for (i, c) in g.clips.iter().enumerate() {
         let dp = max_abs_diff(&batch[i], &c.probs);
-        let de = if quick() {
+        let de = if verifier_quick() {
             0.0
         } else {
             max_abs_diff(&views[i * 9 * 96..(i + 1) * 9 * 96], &c.embeddings)
         };
-        let db = if quick() {
+        let db = if verifier_quick() {
             0.0
         } else {
             max_abs_diff(&v.score_clips(&clips[i..=i]).unwrap()[0], &batch[i])
         };
-        if quick() {
+        if verifier_quick() {
             println!(
                 "{} ({}): |Δ prob| {dp:e} (quick: embeddings and batching not checked)",
                 c.wav, c.what
@@ -171,7 +166,7 @@ fn probabilities_match_python() {
         (worst_p, worst_e) = (worst_p.max(dp), worst_e.max(de));
     }
     println!("{} clips: max |Δ prob| {worst_p:e}", g.clips.len());
-    if quick() {
+    if verifier_quick() {
         return;
     }
     println!("max |Δ embedding| {worst_e:e}");
@@ -190,7 +185,7 @@ fn probabilities_match_python() {
 
 #[test]
 fn bad_clips_are_refused() {
-    if quick() {
+    if verifier_quick() {
         return; // no arithmetic, nothing ISA-specific
     }
     let mut v = verifier();
@@ -359,7 +354,7 @@ fn manifest_section_errors_are_clear() {
 
 #[test]
 fn files_are_checked_when_loaded() {
-    if quick() {
+    if verifier_quick() {
         return; // no arithmetic, nothing ISA-specific
     }
     ort();

@@ -1,4 +1,4 @@
-//! What the benches share: where the ONNX Runtime library is.
+//! What the benches (and `examples/verifier_cost.rs`) share: where the ONNX Runtime library is.
 
 use std::path::PathBuf;
 

@@ -14,6 +14,22 @@ use serde::{Deserialize, Serialize};
 /// The shipped models the parity tests cover.
 pub const MODELS: &[&str] = &["tc-resnet8", "tc-resnet14-1.5"];
 
+/// `$KWS_VERIFIER_QUICK=1`: the emulated ISA paths of `deploy/test-isa.sh`, where one verifier clip
+/// costs seconds of CPU under TCG. Tests that verify many clips skip there (saying so); their inputs
+/// are checked on those paths by the quick verifier test and the first-stage goldens.
+pub fn verifier_quick() -> bool {
+    std::env::var("KWS_VERIFIER_QUICK").is_ok_and(|v| v == "1")
+}
+
+/// [`verifier_quick`], printing that `test` is skipped.
+pub fn skip_verifier_runs(test: &str) -> bool {
+    let quick = verifier_quick();
+    if quick {
+        println!("{test}: skipped (KWS_VERIFIER_QUICK=1)");
+    }
+    quick
+}
+
 /// The model variants the golden and parity tests cover: `$KWS_TEST_VARIANTS` (comma-separated,
 /// e.g. `int8` for the emulated AVX2 run of `deploy/test-isa.sh`, where fp32 is slow and not what
 /// differs between paths) or both.
