@@ -5,7 +5,7 @@
 #
 #   models/training/retrain.sh [tc-resnet8 tc-resnet14-1.5]
 #
-# Deterministic (fixed seeds); ~25 min of synthesis and ~25-30 min of training per model on 2 cores
+# Deterministic (fixed seeds); ~25 min of synthesis and ~25-40 min of training per model on 2 cores (TC-ResNet8 2.1.0: 38 min)
 # (both models train side by side, one thread each). Environment: VENV (default models/training/.venv),
 # VERSION of the exported models (default 1.0.0). Export measures onnxruntime latency: keep the
 # machine otherwise idle for the numbers in the manifests to mean something.
