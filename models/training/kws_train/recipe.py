@@ -31,6 +31,9 @@ class Recipe:
     engines: list[str] = dataclasses.field(default_factory=lambda: [
         "espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"])
     holdout_families: list[str] = dataclasses.field(default_factory=lambda: ["awb"])
+    # "engine:voice" pairs held out as well (research: an out-of-family test inside one engine, e.g.
+    # "gnuspeech:baby"); their clips and negative-speech tracks are never trained on. Default: none.
+    holdout_voices: list[str] = dataclasses.field(default_factory=list)
     val_espeak_accents: list[str] = dataclasses.field(default_factory=lambda: ["en-029", "en-gb-scotland"])
     espeak_max_share: float = 1.0  # cap on espeak's share of the keyword/unknown training clips
     unknown_share: float = 1.0  # unknown windows per batch relative to one keyword class
@@ -97,3 +100,8 @@ def load_recipe(path: Path, **overrides) -> Recipe:
 
 def recipe_dict(r: Recipe) -> dict:
     return dataclasses.asdict(r)
+
+
+def held_out(m: dict, r: Recipe) -> bool:
+    """A clip or track (its metadata) of a held-out family or a held-out `engine:voice` of recipe `r`."""
+    return m["family"] in r.holdout_families or f"{m['engine']}:{m.get('voice')}" in r.holdout_voices

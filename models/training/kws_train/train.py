@@ -22,14 +22,14 @@ from .data import (LABEL_INDEX, Clips, Tracks, espeak_accent, load_background, l
 from .evaluate import evaluate_sets, eval_sets_for
 from .frontend import TorchFrontend
 from .model import TCResNet, count_flops, count_params
-from .recipe import Recipe, load_recipe, recipe_dict
+from .recipe import Recipe, held_out, load_recipe, recipe_dict
 from .synth import is_keyword_like
 
 
 def trainable(m: dict, r: Recipe) -> bool:
     """A clip of a recipe engine, not of a held-out family or validation accent (nor, without
     `unknown_keyword_like`, a keyword-like unknown word)."""
-    return (m["engine"] in r.engines and m["family"] not in r.holdout_families
+    return (m["engine"] in r.engines and not held_out(m, r)
             and espeak_accent(m) not in r.val_espeak_accents
             and (r.unknown_keyword_like or m["label"] != UNKNOWN or not is_keyword_like(m["word"])))
 
@@ -160,8 +160,7 @@ def split_negatives(data: Path, r: Recipe) -> Tracks | None:
     if r.negative_share <= 0 and r.mined_share <= 0:
         return None
     tracks = load_negspeech(data, r.negative_engines or r.engines)
-    tracks = tracks.select(lambda m: m["family"] not in r.holdout_families
-                           and espeak_accent(m) not in r.val_espeak_accents)
+    tracks = tracks.select(lambda m: not held_out(m, r) and espeak_accent(m) not in r.val_espeak_accents)
     if not len(tracks):
         raise ValueError(f"negative_share = {r.negative_share} but no negative-speech tracks under "
                          f"{data / 'negspeech'} for {r.negative_engines or r.engines} (run kws_train.negspeech)")

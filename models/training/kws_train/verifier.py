@@ -301,15 +301,14 @@ def training_data(data: Path, config: Path, mined_file: Path | None):
     """Clips, negative tracks, background and augmentation of the recipe (held-out families and the
     validation espeak accents excluded, as in `train`)."""
     from .data import espeak_accent, load_background, load_clips, load_mined, load_negspeech
-    from .recipe import load_recipe
+    from .recipe import held_out, load_recipe
     from .train import trainable
 
     r = load_recipe(config)
     clips = load_clips(data, [e for e in r.engines if (data / "shards" / f"{e}.npz").exists()])
     clips = clips.select(lambda m: trainable(m, r))
     tracks = load_negspeech(data, r.negative_engines or r.engines)
-    tracks = tracks.select(lambda m: m["family"] not in r.holdout_families
-                           and espeak_accent(m) not in r.val_espeak_accents)
+    tracks = tracks.select(lambda m: not held_out(m, r) and espeak_accent(m) not in r.val_espeak_accents)
     mined = load_mined(mined_file, tracks) if mined_file else None
     return r, clips, tracks, load_background(data), mined
 

@@ -250,3 +250,27 @@ def test_sampler_mined_share():
     # mined windows need tracks; without a mined list the share stays class-balanced
     _, y2 = BatchSampler(clips, bg, r, np.random.default_rng(1), tracks)()
     assert np.sum(y2 == LABEL_INDEX[UNKNOWN]) < 15
+
+
+def test_holdout_voices_keep_tracks_out():
+    """`holdout_voices` (research/e7-gnuspeech-adult) holds an engine's voice types out (the negative-speech
+    tracks are filtered with `held_out`), and nothing else."""
+    from kws_train.recipe import held_out
+
+    r = load_recipe(TRAINING / "configs" / "research" / "e7-gnuspeech-adult.toml")
+    track = {"engine": "gnuspeech", "family": "gnuspeech", "voice": "baby"}
+    assert held_out(track, r) and held_out({**track, "voice": "large_child"}, r)
+    assert not held_out({**track, "voice": "female"}, r) and not held_out({**track, "voice": "male"}, r)
+    assert held_out({"engine": "flite-awb", "family": "awb", "voice": "awb"}, r)
+    e6 = load_recipe(TRAINING / "configs" / "research" / "e6-gnuspeech-negatives.toml")
+    assert not held_out(track, e6)
+
+
+def test_holdout_voices_keep_clips_out():
+    pytest.importorskip("torch")
+    from kws_train.train import trainable
+
+    r = load_recipe(TRAINING / "configs" / "research" / "e7-gnuspeech-adult.toml")
+    clip = {"engine": "gnuspeech", "family": "gnuspeech", "label": "yes", "word": "yes", "uid": "gnuspeech:1"}
+    assert not trainable({**clip, "voice": "baby"}, r) and not trainable({**clip, "voice": "large_child"}, r)
+    assert trainable({**clip, "voice": "male"}, r) and trainable({**clip, "voice": "female"}, r)
