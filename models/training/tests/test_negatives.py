@@ -20,9 +20,10 @@ from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 
 HAS_WORDS = Path("/usr/share/dict/words").exists()
 #: Every recipe that existed before the negative-speech keys (the e* research arms and the v* verifier
-#: window configs use them, and so does TC-ResNet8 since 2.1.0: its recipe is the e6 arm's).
+#: window configs use them, and so do TC-ResNet8 since 2.1.0 and its streamable variant since
+#: 2.1.0-streaming: their recipe is the e6 arm's).
 CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml")
-                 if not p.name.startswith(("e", "v")) and p.name != "tc-resnet8.toml")
+                 if not p.name.startswith(("e", "v")) and p.name not in ("tc-resnet8.toml", "tc-resnet8-stream.toml"))
 NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
                    *(TRAINING / "configs" / "research").glob("v*.toml")])
 
@@ -55,6 +56,19 @@ def test_shipped_tc_resnet8_is_the_e6_arm():
     assert shipped.pop("name") == "tc-resnet8" and arm.pop("name") == "e6-gnuspeech-negatives"
     assert shipped == arm
     assert shipped["negative_share"] == 0.3 and "gnuspeech" in shipped["engines"]
+
+
+def test_shipped_stream_model_is_the_shipped_recipe():
+    """tc-resnet8-stream 2.1.0-streaming was trained as research/e6-tc-resnet8-stream: TC-ResNet8's recipe
+    with the streamable architecture, nothing forked (issue 15)."""
+    stream = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8-stream.toml"))
+    trained = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / "e6-tc-resnet8-stream.toml"))
+    windowed = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8.toml"))
+    assert stream.pop("name") == "tc-resnet8-stream" and trained.pop("name") == "e6-tc-resnet8-stream"
+    assert stream == trained
+    assert stream.pop("arch") == "tc-resnet8-stream" and windowed.pop("arch") == "tc-resnet8"
+    windowed.pop("name")
+    assert stream == windowed
 
 
 def test_recipe_keys_load(tmp_path):
