@@ -1,6 +1,8 @@
 //! Streaming scoring cost per hop: one `OnnxStreamScorer::score` call of N streams (N = 1, 8, 64,
 //! 256), fp32 and int8, 1 intra-op thread, against the windowed graph of the same weights scoring the
-//! same N streams' windows (one window per stream per hop). Criterion's per-element time is the cost
+//! same N streams' windows (one window per stream per hop); and, for the streaming graph, the batcher's
+//! two ways round it: states copied into a batch buffer and back (`batch-copied`) against
+//! `score_each` on each stream's own buffer (`batch-each`). Criterion's per-element time is the cost
 //! per hop per stream. Model: `KWS_BENCH_MODEL` (default `tc-resnet8-stream`; a model directory
 //! relative to the crate, or an absolute path); variants without a streaming graph (or a model without
 //! a streaming section, e.g. `tc-resnet8`) are benchmarked windowed only. Needs the ONNX Runtime
@@ -54,6 +56,38 @@ fn streaming(c: &mut Criterion) {
                             .unwrap()
                     })
                 });
+                // What a batcher with one state buffer per stream pays around the graph: the states
+                // concatenated into a batch buffer, scored, and copied back (before `score_each`) ...
+                let mut own: Vec<Vec<f32>> = states.chunks(layout.len).map(<[f32]>::to_vec).collect();
+                let (mut batch_in, mut batch_out) = (Vec::new(), vec![0.0; n * layout.len]);
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{variant}/batch-copied"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            batch_in.clear();
+                            for st in &own {
+                                batch_in.extend_from_slice(st);
+                            }
+                            s.score(black_box(&frames), &batch_in, &mut batch_out, &mut probs)
+                                .unwrap();
+                            for (st, new) in own.iter_mut().zip(batch_out.chunks_exact(layout.len)) {
+                                st.copy_from_slice(new);
+                            }
+                        })
+                    },
+                );
+                // ... and `score_each`, reading and writing the streams' buffers directly.
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{variant}/batch-each"), n),
+                    &n,
+                    |b, _| {
+                        b.iter(|| {
+                            let mut views: Vec<&mut [f32]> = own.iter_mut().map(Vec::as_mut_slice).collect();
+                            s.score_each(black_box(&frames), &mut views, &mut probs).unwrap()
+                        })
+                    },
+                );
             }
             let windows = values(n * WINDOW_VALUES);
             g.bench_with_input(BenchmarkId::new(format!("{variant}/windowed"), n), &n, |b, _| {

@@ -271,6 +271,45 @@ pub fn check_stream_batch(
     Ok(n)
 }
 
+/// Check the buffers of a [`StreamScorer::score_each`] call; returns `N`.
+pub fn check_stream_states(
+    layout: &StateLayout,
+    frames: &[f32],
+    states: &[&mut [f32]],
+    probs: &[f32],
+    classes: usize,
+) -> Result<usize, ScoreError> {
+    let per = layout.frame_values();
+    if frames.is_empty() || !frames.len().is_multiple_of(per) {
+        return Err(ScoreError::InputShape { got: frames.len() });
+    }
+    let n = frames.len() / per;
+    if let Some(bad) = states.iter().find(|s| s.len() != layout.len) {
+        return Err(ScoreError::StateShape {
+            got_in: bad.len(),
+            got_out: bad.len(),
+            n,
+            per_stream: layout.len,
+        });
+    }
+    if states.len() != n {
+        return Err(ScoreError::StateShape {
+            got_in: states.len() * layout.len,
+            got_out: states.len() * layout.len,
+            n,
+            per_stream: layout.len,
+        });
+    }
+    if probs.len() != n * classes {
+        return Err(ScoreError::OutputShape {
+            got: probs.len(),
+            n,
+            classes,
+        });
+    }
+    Ok(n)
+}
+
 /// Scores one hop of `N` streams. Implementations are used from one thread at a time.
 pub trait StreamScorer: Send {
     fn num_classes(&self) -> usize;
@@ -287,6 +326,51 @@ pub trait StreamScorer: Send {
         states_out: &mut [f32],
         probs: &mut [f32],
     ) -> Result<(), ScoreError>;
+
+    /// [`score`](Self::score) for callers that keep each stream's state in a buffer of its own (the
+    /// service's batcher): `states[i]` holds stream `i`'s state before the hop and receives its new
+    /// state, so the batch's states are never concatenated nor split. On error every state is
+    /// unchanged. The default concatenates, calls `score` and splits; [`OnnxStreamScorer`] reads and
+    /// writes the buffers directly.
+    fn score_each(
+        &mut self,
+        frames: &[f32],
+        states: &mut [&mut [f32]],
+        probs: &mut [f32],
+    ) -> Result<(), ScoreError> {
+        check_stream_states(self.layout(), frames, states, probs, self.num_classes())?;
+        let states_in: Vec<f32> = states.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut states_out = vec![0.0; states_in.len()];
+        self.score(frames, &states_in, &mut states_out, probs)?;
+        let len = self.layout().len;
+        for (dst, src) in states.iter_mut().zip(states_out.chunks_exact(len)) {
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+}
+
+/// Where a batch's states come from and go to: one stream-major buffer each way, or one buffer per
+/// stream read and then overwritten.
+enum States<'a, 'b> {
+    Flat { input: &'a [f32], output: &'a mut [f32] },
+    Each(&'a mut [&'b mut [f32]]),
+}
+
+impl States<'_, '_> {
+    fn input(&self, i: usize, len: usize) -> &[f32] {
+        match self {
+            States::Flat { input, .. } => &input[i * len..(i + 1) * len],
+            States::Each(s) => &s[i][..],
+        }
+    }
+
+    fn output(&mut self, i: usize, len: usize) -> &mut [f32] {
+        match self {
+            States::Flat { output, .. } => &mut output[i * len..(i + 1) * len],
+            States::Each(s) => &mut s[i][..],
+        }
+    }
 }
 
 #[cfg(feature = "onnx")]
@@ -299,7 +383,7 @@ mod onnx {
     use ort::session::Session;
     use ort::value::{TensorRef, ValueType};
 
-    use super::{StateLayout, StreamScorer, check_stream_batch};
+    use super::{StateLayout, States, StreamScorer, check_stream_batch, check_stream_states};
     use crate::error::{ModelError, RuntimeError, ScoreError};
     use crate::manifest::Manifest;
     use crate::scorer::{ScorerOptions, build_session, init_runtime};
@@ -428,12 +512,43 @@ mod onnx {
             probs: &mut [f32],
         ) -> Result<(), ScoreError> {
             let n = check_stream_batch(&self.layout, frames, states_in, states_out, probs, self.classes)?;
+            self.run(
+                frames,
+                n,
+                States::Flat {
+                    input: states_in,
+                    output: states_out,
+                },
+                probs,
+            )
+        }
+
+        /// As `score`, gathering from and scattering to each stream's own buffer.
+        fn score_each(
+            &mut self,
+            frames: &[f32],
+            states: &mut [&mut [f32]],
+            probs: &mut [f32],
+        ) -> Result<(), ScoreError> {
+            let n = check_stream_states(&self.layout, frames, states, probs, self.classes)?;
+            self.run(frames, n, States::Each(states), probs)
+        }
+    }
+
+    impl OnnxStreamScorer {
+        fn run(
+            &mut self,
+            frames: &[f32],
+            n: usize,
+            mut states: States<'_, '_>,
+            probs: &mut [f32],
+        ) -> Result<(), ScoreError> {
             let err = |e: ort::Error| ScoreError::Runtime(e.to_string());
             let len = self.layout.len;
             for (t, buf) in self.layout.tensors.iter().zip(self.gathered.iter_mut()) {
                 buf.clear();
-                for s in states_in.chunks_exact(len) {
-                    buf.extend_from_slice(&s[t.offset..t.offset + t.len()]);
+                for i in 0..n {
+                    buf.extend_from_slice(&states.input(i, len)[t.offset..t.offset + t.len()]);
                 }
             }
             let mut inputs = Vec::with_capacity(1 + self.layout.tensors.len());
@@ -459,7 +574,8 @@ mod onnx {
                     classes: self.classes,
                 });
             }
-            probs.copy_from_slice(p);
+            // Every output is checked before any state is written: on error the states are unchanged.
+            let mut new = Vec::with_capacity(self.layout.tensors.len());
             for t in &self.layout.tensors {
                 let (_, v) = outputs[t.output.as_str()]
                     .try_extract_tensor::<f32>()
@@ -472,8 +588,12 @@ mod onnx {
                         n * t.len()
                     )));
                 }
-                for (dst, src) in states_out.chunks_exact_mut(len).zip(v.chunks_exact(t.len())) {
-                    dst[t.offset..t.offset + t.len()].copy_from_slice(src);
+                new.push(v);
+            }
+            probs.copy_from_slice(p);
+            for (t, v) in self.layout.tensors.iter().zip(new) {
+                for (i, src) in v.chunks_exact(t.len()).enumerate() {
+                    states.output(i, len)[t.offset..t.offset + t.len()].copy_from_slice(src);
                 }
             }
             Ok(())

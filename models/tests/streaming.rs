@@ -18,7 +18,8 @@
 //!
 //! Also: chunk sizes of 1, 7, 160, 1000 and 16000 samples give bit-identical streaming posteriors;
 //! three streams scored together (states concatenated on the batch dimension) equal each scored
-//! alone; a manifest whose state shapes disagree with the graph is refused.
+//! alone, and `score_each` (each stream's state in its own buffer, as the service batches) equals
+//! `score` bit for bit and refuses a state of the wrong length without writing any; a manifest whose state shapes disagree with the graph is refused.
 //!
 //! The cascade: with `models/tc-resnet8`'s verifier section applied to the stream model, the
 //! golden stream's verified events through the streaming first stage equal those through the
@@ -352,6 +353,40 @@ fn streams_batched_on_the_batch_dimension_equal_each_alone() {
             scorer
                 .score(&frames, &states_in, &mut states_out, &mut probs)
                 .unwrap();
+            // The same batch with each stream's state in its own buffer (the service's batcher):
+            // bit for bit the same posteriors and new states.
+            let mut own: Vec<Vec<f32>> = states_in.chunks(layout.len).map(<[f32]>::to_vec).collect();
+            let mut own_probs = vec![0.0; n * c];
+            let mut views: Vec<&mut [f32]> = own.iter_mut().map(Vec::as_mut_slice).collect();
+            scorer.score_each(&frames, &mut views, &mut own_probs).unwrap();
+            assert!(
+                own_probs
+                    .iter()
+                    .zip(&probs)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{variant}: score_each posteriors differ from score"
+            );
+            assert!(
+                own.concat()
+                    .iter()
+                    .zip(&states_out)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{variant}: score_each states differ from score"
+            );
+            // A state of the wrong length is refused and no state is touched.
+            let mut short = own[0][1..].to_vec();
+            let before: Vec<Vec<f32>> = own.clone();
+            let mut views: Vec<&mut [f32]> = own.iter_mut().map(Vec::as_mut_slice).collect();
+            views[n - 1] = short.as_mut_slice();
+            let err = scorer
+                .score_each(&frames, &mut views, &mut own_probs)
+                .unwrap_err();
+            assert!(matches!(err, kws_models::ScoreError::StateShape { .. }), "{err}");
+            assert_eq!(
+                own[..n - 1],
+                before[..n - 1],
+                "{variant}: refused call wrote a state"
+            );
             for (i, s) in spotters.iter_mut().enumerate() {
                 let p = &probs[i * c..(i + 1) * c];
                 if s.complete_hop(&states_out[i * layout.len..(i + 1) * layout.len], p)

@@ -17,9 +17,10 @@
 //! A model's workers are all windowed ([`Batcher::start`]: jobs of whole 98-frame windows) or all
 //! streaming ([`Batcher::start_streaming`], a model served on its streaming graph): a streaming job
 //! is ONE hop of one stream (`hop * 40` frames and the stream's model state) and counts as one row
-//! of the batch; the batch's states are concatenated on the batch dimension, scored in one
-//! `StreamScorer::score` call, and each job's reply carries its posteriors and its new state, written
-//! into the job's own buffers (frames, state and posteriors come back for the stream to reuse). A
+//! of the batch; the batch is scored in one `StreamScorer::score_each` call, which gathers the
+//! states from the jobs' own buffers onto the batch dimension and writes each new state back into
+//! its job's buffer (no batch-wide state buffer to copy through), and each job's reply carries its
+//! posteriors and its new state (frames, state and posteriors come back for the stream to reuse). A
 //! stream has at most one hop in a batcher at a time (hop `i + 1` needs hop `i`'s state; the session
 //! submits rounds). Queue, batching, backpressure, metrics, shutdown and errors are the same code
 //! for both kinds; a job of the wrong kind or shape is answered with an error, never scored.
@@ -394,32 +395,33 @@ impl BatchState {
         self.jobs.iter().map(|j| j.enqueued)
     }
 
-    /// The batch's features, job after job, into `out`, and (streaming) its states into `states`,
-    /// stream-major (both cleared first).
-    fn concatenate(&self, out: &mut Vec<f32>, states: &mut Vec<f32>) {
+    /// The batch's features (streaming: frames), job after job, into `out` (cleared first).
+    fn concatenate(&self, out: &mut Vec<f32>) {
         out.clear();
-        states.clear();
         for job in &self.jobs {
             out.extend_from_slice(&job.features);
-            states.extend_from_slice(&job.state);
         }
     }
 
+    /// Streaming: each job's state buffer, in batch order; the scorer reads the states there and
+    /// writes the new ones back (`StreamScorer::score_each`), so they are never copied into a batch
+    /// buffer and out again.
+    fn states_mut(&mut self) -> Vec<&mut [f32]> {
+        self.jobs.iter_mut().map(|j| j.state.as_mut_slice()).collect()
+    }
+
     /// Answer every job of the batch: its slice of `scored` (`windows * classes` posteriors for the
-    /// whole batch, and the new states, stream-major, for a streaming batch) or the error. Writes
-    /// into each job's own buffers. Empties the batch (a held job stays held).
-    fn split(&mut self, scored: Result<(&[f32], &[f32]), &BatchError>, classes: usize) {
+    /// whole batch) or the error, written into the job's own buffer; a streaming job's new state is
+    /// in its state buffer already. Empties the batch (a held job stays held).
+    fn split(&mut self, scored: Result<&[f32], &BatchError>, classes: usize) {
         let batch_windows = self.windows;
-        let (mut offset, mut state_offset) = (0, 0);
+        let mut offset = 0;
         for mut job in self.jobs.drain(..) {
             let n = job.windows * classes;
             job.probs.clear();
             let result = match scored {
-                Ok((all, states)) => {
+                Ok(all) => {
                     job.probs.extend_from_slice(&all[offset..offset + n]);
-                    let s = job.state.len();
-                    job.state.copy_from_slice(&states[state_offset..state_offset + s]);
-                    state_offset += s;
                     Ok(())
                 }
                 Err(e) => Err(e.clone()),
@@ -466,9 +468,6 @@ fn worker(
     let layout = scorer.layout().cloned();
     let per_row = layout.as_ref().map_or(WINDOW_VALUES, StateLayout::frame_values);
     let mut features: Vec<f32> = Vec::with_capacity(settings.max_batch * per_row);
-    let state_len = layout.as_ref().map_or(0, |l| l.len);
-    let mut states_in: Vec<f32> = Vec::with_capacity(settings.max_batch * state_len);
-    let mut states_out: Vec<f32> = Vec::with_capacity(settings.max_batch * state_len);
     let mut probs: Vec<f32> = Vec::new();
     loop {
         // A batch opens with the job held over from the last one, else with the next in the queue;
@@ -507,13 +506,12 @@ fn worker(
         for enqueued in state.enqueued() {
             queue_wait.record(started.saturating_duration_since(enqueued).as_secs_f64());
         }
-        state.concatenate(&mut features, &mut states_in);
+        state.concatenate(&mut features);
         let windows = state.windows();
         probs.resize(windows * classes, 0.0);
-        states_out.resize(states_in.len(), 0.0);
         let result = match &mut scorer {
             WorkerScorer::Windowed(s) => s.score(&features, &mut probs),
-            WorkerScorer::Streaming(s) => s.score(&features, &states_in, &mut states_out, &mut probs),
+            WorkerScorer::Streaming(s) => s.score_each(&features, &mut state.states_mut(), &mut probs),
         }
         .map_err(BatchError::from);
         inference.record(started.elapsed().as_secs_f64());
@@ -521,12 +519,7 @@ fn worker(
         if let Err(e) = &result {
             tracing::error!(model = %model, windows, error = %e, "inference failed");
         }
-        state.split(
-            result
-                .as_ref()
-                .map(|()| (probs.as_slice(), states_out.as_slice())),
-            classes,
-        );
+        state.split(result.as_ref().map(|()| probs.as_slice()), classes);
     }
     tracing::debug!(model = %model, "inference worker stopped");
 }
@@ -592,11 +585,14 @@ mod tests {
         // 9 windows would exceed 8: the batch is complete at 6 and `c` waits for the next one.
         assert_eq!(s.offer(c), Offer::Full);
         assert_eq!(s.windows(), 6);
-        let (mut features, mut states) = (Vec::new(), Vec::new());
-        s.concatenate(&mut features, &mut states);
+        let mut features = Vec::new();
+        s.concatenate(&mut features);
         assert_eq!(features.len(), 6 * WINDOW_VALUES);
-        assert!(states.is_empty(), "windowed jobs have no state");
-        s.split(Ok((&[0.5; 6 * 2], &[])), 2);
+        assert!(
+            s.states_mut().iter().all(|st| st.is_empty()),
+            "windowed jobs have no state"
+        );
+        s.split(Ok(&[0.5; 6 * 2]), 2);
         assert_eq!(s.windows(), 0);
         let held = s.take_held().expect("held over");
         assert_eq!(held.windows(), 3);
@@ -636,15 +632,15 @@ mod tests {
         let (b, mut rb) = job(100.0, 2);
         s.offer(a);
         s.offer(b);
-        let (mut features, mut states) = (Vec::new(), Vec::new());
-        s.concatenate(&mut features, &mut states);
+        let mut features = Vec::new();
+        s.concatenate(&mut features);
         let firsts: Vec<f32> = features.chunks(WINDOW_VALUES).map(|w| w[0]).collect();
         assert_eq!(
             firsts,
             vec![0.0, 100.0, 101.0],
             "job after job, window after window"
         );
-        s.split(Ok((&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[])), 2);
+        s.split(Ok(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), 2);
         let a = ra.try_recv().expect("a answered");
         let b = rb.try_recv().expect("b answered");
         assert_eq!((a.probs, a.batch_windows), (vec![1.0, 2.0], 3));
