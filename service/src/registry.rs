@@ -115,21 +115,20 @@ impl Registry {
                             "the model has no streaming graph of the configured variant: serving its fp32 streaming graph");
                     }
                     // `streaming_variant` returned Some: the manifest has the section.
-                    let layout = manifest.streaming.as_ref().map(StreamingSpec::layout);
-                    let l = layout
-                        .as_ref()
-                        .ok_or_else(|| fail("no streaming section".into()))?;
+                    let Some(layout) = manifest.streaming.as_ref().map(StreamingSpec::layout) else {
+                        return Err(fail("no streaming section".into()));
+                    };
                     let mut scorers: Vec<Box<dyn StreamScorer>> = Vec::new();
                     for _ in 0..config.batcher.workers {
                         let mut s = OnnxStreamScorer::new(&manifest, &variant, &options)
                             .map_err(|e| fail(e.to_string()))?;
+                        // Warm up the batcher's own call, each stream's state in its own buffer.
                         let mut probs = vec![0.0; largest * classes];
-                        let states = vec![0.0; largest * l.len];
-                        let mut next = states.clone();
-                        s.score(
-                            &vec![0.0; largest * l.frame_values()],
-                            &states,
-                            &mut next,
+                        let mut states = vec![vec![0.0; layout.len]; largest];
+                        let mut views: Vec<&mut [f32]> = states.iter_mut().map(Vec::as_mut_slice).collect();
+                        s.score_each(
+                            &vec![0.0; largest * layout.frame_values()],
+                            &mut views,
                             &mut probs,
                         )
                         .map_err(|e| fail(format!("warm-up batch of {largest} hops: {e}")))?;
@@ -137,7 +136,7 @@ impl Registry {
                     }
                     let b =
                         Batcher::start_streaming(spec, scorers, settings).map_err(|e| fail(e.to_string()))?;
-                    (variant, layout, b)
+                    (variant, Some(layout), b)
                 }
             };
             handles.extend(h);
