@@ -98,7 +98,7 @@ async fn run(cfg: LoadConfig) -> RunReport {
 async fn four_real_time_streams_lose_no_event() {
     let (addr, _stop) = server(16).await;
     let r = run(config(&addr, 4, 3_000, 500, vec![16_000, 48_000])).await;
-    // The cascade (TC-ResNet8 2.1.0) finds "yes" and "stop" in the golden stream's first 3 s, at
+    // The cascade (TC-ResNet8 2.2.0) finds "yes" and "stop" in the golden stream's first 3 s, at
     // both rates.
     assert_eq!(r.expected_per_stream, vec![2, 2]);
     let s = &r.steps[0];
@@ -128,13 +128,13 @@ async fn first_stage_only_streams_get_the_first_stages_events() {
     let mut cfg = config(&addr, 2, 3_000, 500, vec![16_000]);
     cfg.step.first_stage_only = true;
     let r = run(cfg).await;
-    // The first stage alone, at its own per-keyword thresholds (2.1.0: "stop" 0.98), keeps only the
-    // "yes"; the cascade (t1 0.9 and the verifier) finds "stop" too.
+    // The first stage alone, at its own per-keyword thresholds (2.2.0, 300-ms smoothing), finds the
+    // golden stream's "yes" and "stop" in its first 3 s, as the cascade does.
     assert!(r.first_stage_only);
-    assert_eq!(r.expected_per_stream, vec![1]);
+    assert_eq!(r.expected_per_stream, vec![2]);
     let s = &r.steps[0];
     assert!(s.pass, "{:?}", s.fail_reasons);
-    assert_eq!((s.expected_events, s.received_events, s.lost_events), (2, 2, 0));
+    assert_eq!((s.expected_events, s.received_events, s.lost_events), (4, 4, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

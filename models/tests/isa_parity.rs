@@ -219,9 +219,9 @@ struct CascadeRecord {
 }
 
 /// The cascade of the verifier test fixture (TC-ResNet8 + the research head) on the first 1.6 s of
-/// the golden stream, every verdict threshold at 0: exactly one candidate ("yes", window 100-1100 ms
-/// with TC-ResNet8 2.1.0, its clip cut at the stream start with lead 3: the cheapest clip, 6
-/// embeddings, as the quick verifier test), accepted; the refractory period covers the rest. The first stage's variant is
+/// the golden stream, every verdict threshold at 0: exactly one candidate ("yes", window 140-1140 ms
+/// on TC-ResNet8 2.2.0's golden stream, its clip cut at the stream start with lead 1: 8 embeddings),
+/// accepted; the refractory period covers the rest. The first stage's variant is
 /// the run's (int8 on the emulated paths), the verifier fp32. Same events on every path, scores
 /// within the first stage's tolerance and the verifier's 1e-4 (`tests/verifier.rs`).
 #[test]
@@ -258,7 +258,7 @@ fn cascade_matches_across_isa_paths() {
         };
         assert_eq!(
             record.events.iter().map(|e| (e.0, e.1, e.2)).collect::<Vec<_>>(),
-            [(0, 100, 1100)],
+            [(0, 140, 1140)],
             "{variant}: one candidate, accepted"
         );
         let file = parity_dir().join(&path).join(format!("cascade-{variant}.json"));

@@ -415,7 +415,9 @@ def regolden(mdir: Path, clips, bg, r, thresholds: dict[str, float]) -> tuple[di
               "not built for every path: models/README.md, 'int8 across CPUs')", flush=True)
     others = [p for p in available if p.name != "native"]
     held_out = clips.select(lambda x: x["family"] in r.holdout_families)
-    dec = DecoderConfig()
+    # The manifest's decoder (smoothing, refractory): the goldens are the events the crate gives.
+    d = json.loads((mdir / "manifest.json").read_text()).get("decoder", {})
+    dec = DecoderConfig(**{k: d[k] for k in ("smoothing_ms", "refractory_ms") if k in d})
     stream = write_golden(mdir, held_out if len(held_out) else clips, bg, fp32, int8, thresholds, dec,
                           other_paths=(lambda f: {p.name: score_on(p, mdir, "int8", f)[0] for p in others})
                           if others else None,

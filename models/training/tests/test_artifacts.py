@@ -84,6 +84,9 @@ def test_golden_stream_trace_and_events(model_dir):
     feats = np.stack([w[2] for w in wins])
     dec = DecoderConfig(smoothing_ms=g["decoder"]["smoothing_ms"], refractory_ms=g["decoder"]["refractory_ms"],
                         hop_frames=g["hop_frames"])
+    # The goldens are the events the crate gives with the manifest's defaults.
+    assert g["decoder"] == m["decoder"], "golden stream decoded with another decoder than the manifest's"
+    assert g["thresholds"] == m["thresholds"], "golden stream decoded at other thresholds than the manifest's"
     for variant, f in m["files"].items():
         probs = session(model_dir / f["path"]).run(["probs"], {"features": feats})[0]
         want = np.array([t["probs"] for t in g[f"trace_{variant}"]], dtype=np.float32)
