@@ -239,6 +239,26 @@ impl StateLayout {
     }
 }
 
+/// `N` of a streaming call: the number of whole hops in `frames` (at least one).
+fn hops_in(layout: &StateLayout, frames: &[f32]) -> Result<usize, ScoreError> {
+    let per = layout.frame_values();
+    if frames.is_empty() || !frames.len().is_multiple_of(per) {
+        return Err(ScoreError::InputShape { got: frames.len() });
+    }
+    Ok(frames.len() / per)
+}
+
+fn check_probs(probs: &[f32], n: usize, classes: usize) -> Result<(), ScoreError> {
+    if probs.len() != n * classes {
+        return Err(ScoreError::OutputShape {
+            got: probs.len(),
+            n,
+            classes,
+        });
+    }
+    Ok(())
+}
+
 /// Check the buffers of a streaming call; returns `N`.
 pub fn check_stream_batch(
     layout: &StateLayout,
@@ -248,11 +268,7 @@ pub fn check_stream_batch(
     probs: &[f32],
     classes: usize,
 ) -> Result<usize, ScoreError> {
-    let per = layout.frame_values();
-    if frames.is_empty() || !frames.len().is_multiple_of(per) {
-        return Err(ScoreError::InputShape { got: frames.len() });
-    }
-    let n = frames.len() / per;
+    let n = hops_in(layout, frames)?;
     if states_in.len() != n * layout.len || states_out.len() != n * layout.len {
         return Err(ScoreError::StateShape {
             got_in: states_in.len(),
@@ -261,13 +277,7 @@ pub fn check_stream_batch(
             per_stream: layout.len,
         });
     }
-    if probs.len() != n * classes {
-        return Err(ScoreError::OutputShape {
-            got: probs.len(),
-            n,
-            classes,
-        });
-    }
+    check_probs(probs, n, classes)?;
     Ok(n)
 }
 
@@ -279,34 +289,18 @@ pub fn check_stream_states(
     probs: &[f32],
     classes: usize,
 ) -> Result<usize, ScoreError> {
-    let per = layout.frame_values();
-    if frames.is_empty() || !frames.len().is_multiple_of(per) {
-        return Err(ScoreError::InputShape { got: frames.len() });
-    }
-    let n = frames.len() / per;
-    if let Some(bad) = states.iter().find(|s| s.len() != layout.len) {
+    let n = hops_in(layout, frames)?;
+    let bad = states.iter().map(|s| s.len()).find(|&l| l != layout.len);
+    if bad.is_some() || states.len() != n {
+        let got = bad.unwrap_or(states.len() * layout.len);
         return Err(ScoreError::StateShape {
-            got_in: bad.len(),
-            got_out: bad.len(),
+            got_in: got,
+            got_out: got,
             n,
             per_stream: layout.len,
         });
     }
-    if states.len() != n {
-        return Err(ScoreError::StateShape {
-            got_in: states.len() * layout.len,
-            got_out: states.len() * layout.len,
-            n,
-            per_stream: layout.len,
-        });
-    }
-    if probs.len() != n * classes {
-        return Err(ScoreError::OutputShape {
-            got: probs.len(),
-            n,
-            classes,
-        });
-    }
+    check_probs(probs, n, classes)?;
     Ok(n)
 }
 
