@@ -427,11 +427,40 @@ struct HopState {
     start: usize,
     /// Hops completed.
     calls: u64,
+    /// The next hop and the state are lent out ([`Spotter::lend_hop`]): `state` holds the caller's
+    /// scratch buffer until [`Spotter::return_hop`].
+    lent: bool,
 }
 
 impl HopState {
     fn pending_hops(&self) -> usize {
         (self.pending.len() - self.start) / self.layout.frame_values()
+    }
+
+    /// The next hop's frames, if a whole hop is pending.
+    fn next_frames(&self) -> Option<&[f32]> {
+        let per = self.layout.frame_values();
+        (self.pending.len() - self.start >= per).then(|| &self.pending[self.start..self.start + per])
+    }
+
+    /// The checks before a completed hop's state is taken in; `None` when it may be.
+    fn refuse_completion(&self, len: usize) -> Option<ApplyError> {
+        if self.pending_hops() == 0 {
+            return Some(ApplyError::Hop("no hop is pending"));
+        }
+        (len != self.layout.len).then_some(ApplyError::Hop("the new state's length is not the model's"))
+    }
+
+    /// Consume the completed hop's frames; the window it completed, if any.
+    fn complete(&mut self) -> Option<WindowMeta> {
+        self.start += self.layout.frame_values();
+        if self.start == self.pending.len() {
+            self.pending.clear();
+            self.start = 0;
+        }
+        let window = self.layout.window_of_call(self.calls);
+        self.calls += 1;
+        window
     }
 }
 
@@ -511,6 +540,7 @@ impl Spotter {
             pending,
             start: 0,
             calls: 0,
+            lent: false,
         }));
         Self::with_sink(config, classes, sink)
     }
@@ -672,11 +702,12 @@ impl Spotter {
         matches!(self.sink, FrameSink::Streaming(_))
     }
 
-    /// The streaming model's state after the last completed hop (`None` for a windowed stream).
+    /// The streaming model's state after the last completed hop (`None` for a windowed stream, and
+    /// while the hop is lent).
     pub fn model_state(&self) -> Option<&[f32]> {
         match &self.sink {
-            FrameSink::Streaming(h) => Some(&h.state),
-            FrameSink::Windowed { .. } => None,
+            FrameSink::Streaming(h) if !h.lent => Some(&h.state),
+            _ => None,
         }
     }
 
@@ -689,17 +720,62 @@ impl Spotter {
     }
 
     /// Streaming: the next hop to score, with the state before it. `None` when no full hop is
-    /// pending (or the stream is windowed). Hop `i + 1` needs hop `i`'s state: one at a time.
+    /// pending, while a hop is lent, or for a windowed stream. Hop `i + 1` needs hop `i`'s state:
+    /// one at a time.
     pub fn next_hop(&self) -> Option<Hop<'_>> {
         let FrameSink::Streaming(h) = &self.sink else {
             return None;
         };
-        let per = h.layout.frame_values();
-        (h.pending.len() - h.start >= per).then(|| Hop {
-            frames: &h.pending[h.start..h.start + per],
+        if h.lent {
+            return None;
+        }
+        h.next_frames().map(|frames| Hop {
+            frames,
             state: &h.state,
             window: h.layout.window_of_call(h.calls),
         })
+    }
+
+    /// Streaming: the next hop, for a scorer elsewhere (another thread), without copying the model
+    /// state: the hop's frames are copied into `frames` (cleared first) and the state is *swapped*
+    /// with `state`, whose buffer the stream keeps as scratch meanwhile. Until
+    /// [`return_hop`](Self::return_hop) the hop is lent: `next_hop`, `lend_hop` and `model_state`
+    /// give nothing and `advance_hop` is refused. Returns whether a hop was lent (not when no full
+    /// hop is pending, one is lent already, or the stream is windowed; then nothing changes).
+    pub fn lend_hop(&mut self, frames: &mut Vec<f32>, state: &mut Vec<f32>) -> bool {
+        let FrameSink::Streaming(h) = &mut self.sink else {
+            return false;
+        };
+        if h.lent {
+            return false;
+        }
+        let Some(next) = h.next_frames() else {
+            return false;
+        };
+        frames.clear();
+        frames.extend_from_slice(next);
+        std::mem::swap(&mut h.state, state);
+        h.lent = true;
+        true
+    }
+
+    /// Streaming: the lent hop was scored and `state` holds the state the model produced. It is
+    /// swapped back in (no copy: `state` gets the scratch buffer) and the hop completed as by
+    /// [`advance_hop`](Self::advance_hop), whose window it returns. Refused, with nothing changed
+    /// (the hop stays lent), without a lent hop or with a state of the wrong length.
+    pub fn return_hop(&mut self, state: &mut Vec<f32>) -> Result<Option<WindowMeta>, ApplyError> {
+        let FrameSink::Streaming(h) = &mut self.sink else {
+            return Err(ApplyError::Hop("the stream is windowed"));
+        };
+        if !h.lent {
+            return Err(ApplyError::Hop("no hop is lent"));
+        }
+        if let Some(e) = h.refuse_completion(state.len()) {
+            return Err(e);
+        }
+        std::mem::swap(&mut h.state, state);
+        h.lent = false;
+        Ok(h.complete())
     }
 
     /// Streaming: the hop [`next_hop`](Self::next_hop) returned was scored; `new_state` is the
@@ -711,21 +787,14 @@ impl Spotter {
         let FrameSink::Streaming(h) = &mut self.sink else {
             return Err(ApplyError::Hop("the stream is windowed"));
         };
-        if h.pending_hops() == 0 {
-            return Err(ApplyError::Hop("no hop is pending"));
+        if h.lent {
+            return Err(ApplyError::Hop("the hop is lent (complete it with return_hop)"));
         }
-        if new_state.len() != h.state.len() {
-            return Err(ApplyError::Hop("the new state's length is not the model's"));
+        if let Some(e) = h.refuse_completion(new_state.len()) {
+            return Err(e);
         }
         h.state.copy_from_slice(new_state);
-        h.start += h.layout.frame_values();
-        if h.start == h.pending.len() {
-            h.pending.clear();
-            h.start = 0;
-        }
-        let window = h.layout.window_of_call(h.calls);
-        h.calls += 1;
-        Ok(window)
+        Ok(h.complete())
     }
 
     /// Streaming: [`advance_hop`](Self::advance_hop) and [`apply`](Self::apply) of the hop's

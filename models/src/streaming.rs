@@ -816,6 +816,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_lent_hop_completes_like_a_copied_one() {
+        use crate::spotter::{StreamConfig, WindowBatch};
+        use crate::{PcmFormat, Spotter};
+        let l = spec(2).layout();
+        let manifest =
+            crate::Manifest::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8"))
+                .expect("manifest");
+        let mut config = StreamConfig::from_manifest(&manifest, PcmFormat::native_s16());
+        config.hop_frames = 2;
+        config.cascade = None;
+        let audio: Vec<u8> = (0..16_000 + 777)
+            .flat_map(|i: i32| (((i * 7919) % 20_000 - 10_000) as i16).to_le_bytes())
+            .collect();
+        let mut batch = WindowBatch::new();
+        let (mut copied, mut lent) = (
+            Spotter::new_streaming(config.clone(), 12, l.clone()).unwrap(),
+            Spotter::new_streaming(config.clone(), 12, l.clone()).unwrap(),
+        );
+        for s in [&mut copied, &mut lent] {
+            s.push_pcm(&audio, &mut batch).unwrap();
+        }
+        let mut scorer = Counting(l.clone());
+        let (mut frames, mut state) = (Vec::new(), Vec::new());
+        let (mut new_state, mut probs) = (vec![0.0; l.len], vec![0.0; 12]);
+        let mut hops = 0;
+        assert!(lent.return_hop(&mut state).is_err(), "nothing lent yet");
+        while let Some(hop) = copied.next_hop() {
+            let expected_frames = hop.frames.to_vec();
+            scorer
+                .score(hop.frames, hop.state, &mut new_state, &mut probs)
+                .unwrap();
+            let window = copied.advance_hop(&new_state).unwrap();
+
+            assert!(lent.lend_hop(&mut frames, &mut state));
+            assert_eq!(frames, expected_frames);
+            // While lent the stream has no state to give and takes no other completion.
+            assert!(lent.next_hop().is_none() && lent.model_state().is_none());
+            assert!(!lent.lend_hop(&mut Vec::new(), &mut Vec::new()));
+            assert!(lent.advance_hop(&new_state).is_err());
+            let mut short = vec![0.0; l.len - 1];
+            assert!(lent.return_hop(&mut short).is_err(), "wrong length");
+            let before = state.clone();
+            scorer.score(&frames, &before, &mut state, &mut probs).unwrap();
+            assert_eq!(lent.return_hop(&mut state).unwrap(), window);
+            assert_eq!(lent.model_state(), copied.model_state());
+            hops += 1;
+        }
+        assert!(hops > 50, "{hops} hops");
+        assert!(!lent.lend_hop(&mut frames, &mut state), "no whole hop pending");
+        // A windowed stream lends nothing.
+        let mut w = Spotter::new(config, 12).unwrap();
+        assert!(!w.lend_hop(&mut frames, &mut state));
+        assert!(w.return_hop(&mut state).is_err());
+    }
+
     /// A windowed scorer, which a streaming stream refuses.
     struct Windowed;
 

@@ -22,8 +22,9 @@
 //!
 //! Streaming models (`ServedModel::streaming`): the Spotter keeps the model state and the frames of
 //! the hops not scored yet instead of emitting windows; the session sends ONE hop at a time (frames
-//! and state, in buffers that come back with the reply and are reused) and, when its reply is in,
-//! completes it (`Spotter::advance_hop`) and applies the window it completed through the same
+//! copied, the state lent by buffer swap, `Spotter::lend_hop`; the buffers come back with the reply
+//! and are reused) and, when its reply is in, completes it (`Spotter::return_hop`, the new state
+//! swapped back in) and applies the window it completed through the same
 //! `apply` as windowed replies (decoder, cascade, events, trace, progress), then sends the next hop.
 //! A large chunk's hops thus go in rounds, one per batch; unscored hops count against
 //! `max_inflight_windows` like queued windows.
@@ -231,7 +232,7 @@ impl Drop for Active {
 enum Scored {
     /// Windows of a windowed stream, in order.
     Windows(Vec<WindowMeta>),
-    /// The next hop of a streaming stream (its window, if any, comes from `Spotter::advance_hop`).
+    /// The next hop of a streaming stream (its window, if any, comes from `Spotter::return_hop`).
     Hop,
 }
 
@@ -655,14 +656,11 @@ impl Session {
         let Some(mut b) = self.hop_buffers.take() else {
             return Ok(());
         };
-        let Some(hop) = self.spotter.next_hop() else {
+        // The state goes to the batcher by buffer swap, not by copy (7.6 KB per hop for TC-ResNet8).
+        if !self.spotter.lend_hop(&mut b.frames, &mut b.state) {
             self.hop_buffers = Some(b);
             return Ok(());
-        };
-        b.frames.clear();
-        b.frames.extend_from_slice(hop.frames);
-        b.state.clear();
-        b.state.extend_from_slice(hop.state);
+        }
         self.submit_job(JobInput::Hop(b), self.last_arrived).await
     }
 
@@ -761,7 +759,7 @@ impl Session {
     }
 
     /// Apply a scored job in order: events, trace, progress.
-    async fn apply(&mut self, scored: Scored, arrived: Instant, result: JobResult) -> Result<(), End> {
+    async fn apply(&mut self, scored: Scored, arrived: Instant, mut result: JobResult) -> Result<(), End> {
         self.inflight_windows -= scored.rows();
         self.warming = None;
         if let Err(e) = &result.result {
@@ -777,7 +775,7 @@ impl Session {
             Scored::Hop => {
                 hop_window = self
                     .spotter
-                    .advance_hop(&result.state)
+                    .return_hop(&mut result.state)
                     .map_err(|e| End::Error(apply_error(e)))?;
                 hop_window.as_slice()
             }
