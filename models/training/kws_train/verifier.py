@@ -298,15 +298,15 @@ class WindowMaker:
 
 
 def training_data(data: Path, config: Path, mined_file: Path | None):
-    """Clips, negative tracks, background and augmentation of the recipe (held-out families and the
-    validation espeak accents excluded, as in `train`)."""
+    """Clips (with the recipe's voice-converted copies), negative tracks, background and augmentation of
+    the recipe (held-out families and the validation espeak accents excluded, as in `train`)."""
     from .data import espeak_accent, load_background, load_clips, load_mined, load_negspeech
     from .recipe import held_out, load_recipe
-    from .train import trainable
+    from .train import add_converted, trainable
 
     r = load_recipe(config)
     clips = load_clips(data, [e for e in r.engines if (data / "shards" / f"{e}.npz").exists()])
-    clips = clips.select(lambda m: trainable(m, r))
+    clips = add_converted(clips.select(lambda m: trainable(m, r)), data, r)
     tracks = load_negspeech(data, r.negative_engines or r.engines)
     tracks = tracks.select(lambda m: not held_out(m, r) and espeak_accent(m) not in r.val_espeak_accents)
     mined = load_mined(mined_file, tracks) if mined_file else None
