@@ -729,20 +729,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn warm_up_hops_are_scored_but_not_decoded_and_chunking_does_not_matter() {
-        use crate::spotter::{FirstStage, StreamConfig, WindowBatch};
-        use crate::{ConfigError, PcmFormat, Spotter};
-        let l = spec(2).layout();
+    /// tc-resnet8's stream settings with 20-ms hops, first stage only (its manifest carries a
+    /// verifier), and `samples` of deterministic 16-kHz s16 noise.
+    fn hop_config_and_audio(samples: i32) -> (crate::spotter::StreamConfig, Vec<u8>) {
         let manifest =
             crate::Manifest::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8"))
                 .expect("manifest");
-        let mut config = StreamConfig::from_manifest(&manifest, PcmFormat::native_s16());
+        let mut config =
+            crate::spotter::StreamConfig::from_manifest(&manifest, crate::PcmFormat::native_s16());
         config.hop_frames = 2;
-        config.cascade = None; // tc-resnet8's manifest carries a verifier: first stage only here
-        let audio: Vec<u8> = (0..16_000 * 2 + 1234)
+        config.cascade = None;
+        let audio = (0..samples)
             .flat_map(|i: i32| (((i * 7919) % 20_000 - 10_000) as i16).to_le_bytes())
             .collect();
+        (config, audio)
+    }
+
+    #[test]
+    fn warm_up_hops_are_scored_but_not_decoded_and_chunking_does_not_matter() {
+        use crate::spotter::{FirstStage, WindowBatch};
+        use crate::{ConfigError, Spotter};
+        let l = spec(2).layout();
+        let (config, audio) = hop_config_and_audio(16_000 * 2 + 1234);
         let mut reference = None;
         let mut batch = WindowBatch::new();
         for chunk in [2, 320, 5000, audio.len()] {
@@ -818,18 +826,10 @@ mod tests {
 
     #[test]
     fn a_lent_hop_completes_like_a_copied_one() {
-        use crate::spotter::{StreamConfig, WindowBatch};
-        use crate::{PcmFormat, Spotter};
+        use crate::Spotter;
+        use crate::spotter::WindowBatch;
         let l = spec(2).layout();
-        let manifest =
-            crate::Manifest::load(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tc-resnet8"))
-                .expect("manifest");
-        let mut config = StreamConfig::from_manifest(&manifest, PcmFormat::native_s16());
-        config.hop_frames = 2;
-        config.cascade = None;
-        let audio: Vec<u8> = (0..16_000 + 777)
-            .flat_map(|i: i32| (((i * 7919) % 20_000 - 10_000) as i16).to_le_bytes())
-            .collect();
+        let (config, audio) = hop_config_and_audio(16_000 + 777);
         let mut batch = WindowBatch::new();
         let (mut copied, mut lent) = (
             Spotter::new_streaming(config.clone(), 12, l.clone()).unwrap(),

@@ -672,15 +672,24 @@ mod tests {
         assert!(c.probs.is_empty());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn batches_across_jobs_and_routes_results() {
+    /// Batch sizes an `Echo` scorer has seen.
+    type Sizes = Arc<std::sync::Mutex<Vec<usize>>>;
+
+    /// A windowed batcher of one `Echo` worker, `max_batch` 8, and the batch sizes it records.
+    fn echo_batcher(max_delay: Duration) -> (Batcher, Vec<JoinHandle<()>>, Sizes) {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let settings = BatcherSettings {
             max_batch: 8,
-            max_delay: Duration::from_millis(200),
+            max_delay,
             queue_capacity: 64,
         };
         let (b, handles) = Batcher::start("m", vec![Box::new(Echo(sizes.clone()))], settings).expect("start");
+        (b, handles, sizes)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_across_jobs_and_routes_results() {
+        let (b, handles, sizes) = echo_batcher(Duration::from_millis(200));
         let mut rxs = Vec::new();
         for i in 0..6 {
             let (j, rx) = job(i as f32 * 100.0, 2);
@@ -704,13 +713,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_batch_runs_without_waiting_for_its_deadline() {
-        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let settings = BatcherSettings {
-            max_batch: 8,
-            max_delay: Duration::from_secs(600),
-            queue_capacity: 64,
-        };
-        let (b, handles) = Batcher::start("m", vec![Box::new(Echo(sizes.clone()))], settings).expect("start");
+        let (b, handles, sizes) = echo_batcher(Duration::from_secs(600));
         let mut rxs = Vec::new();
         for i in 0..4 {
             let (j, rx) = job(i as f32, 2);
