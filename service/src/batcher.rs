@@ -39,7 +39,7 @@ use crate::telemetry::names;
 
 /// How often a worker collecting a batch looks for more jobs: a batch that fills closes at most this
 /// much later, one that does not closes at its deadline as before.
-const COLLECT_POLL: Duration = Duration::from_micros(1000);
+const COLLECT_POLL: Duration = Duration::from_millis(1);
 
 /// Bytes of one window of features.
 pub const WINDOW_BYTES: usize = WINDOW_VALUES * std::mem::size_of::<f32>();

@@ -255,6 +255,8 @@ enum JobInput {
 /// A streaming stream's job buffers: they go out with each hop and come back with its reply.
 struct HopBuffers {
     frames: Vec<f32>,
+    /// Empty between hops: `Spotter::lend_hop` swaps the stream's one state buffer into the job and
+    /// leaves this one with the `Spotter` meanwhile, so it never needs room for a state.
     state: Vec<f32>,
     probs: Vec<f32>,
 }
@@ -263,7 +265,7 @@ impl HopBuffers {
     fn new(layout: &StateLayout, classes: usize) -> Self {
         Self {
             frames: Vec::with_capacity(layout.frame_values()),
-            state: Vec::with_capacity(layout.len),
+            state: Vec::new(),
             probs: Vec::with_capacity(classes),
         }
     }
