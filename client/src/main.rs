@@ -523,6 +523,7 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                     "verifier": m.verifier.as_ref().map(|v| json!({"head_path": v.head_path,
                         "head_sha256": v.head_sha256, "mel_path": v.mel_path, "mel_sha256": v.mel_sha256,
                         "embedding_path": v.embedding_path, "embedding_sha256": v.embedding_sha256,
+                        "candidate_rule": v.candidate_rule,
                         "first_stage_threshold": v.first_stage_threshold,
                         "thresholds": v.thresholds.iter().map(|(k, t)| (k.clone(), json!(t)))
                             .collect::<serde_json::Map<_, _>>(),
@@ -592,7 +593,12 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                 })
                 .collect();
             println!(
-                "  cascade: candidates at >= {}, verifier {} ({} embeddings per view), verdicts: {}",
+                "  cascade: candidates when {} >= {}, verifier {} ({} embeddings per view), verdicts: {}",
+                if v.candidate_rule.is_empty() {
+                    "best_keyword"
+                } else {
+                    &v.candidate_rule
+                },
                 eval::fmt_threshold(f64::from(v.first_stage_threshold)),
                 v.head_path,
                 v.embeddings_per_view,

@@ -269,7 +269,7 @@ async fn the_cascade_gives_identical_reports_through_the_server_and_local() {
     let text = stdout(&out);
     assert!(
         text.contains(
-            "cascade: candidates at >= 0.70, verifier head-research-conv15k.onnx (9 embeddings per view)"
+            "cascade: candidates when best_keyword >= 0.70, verifier head-research-conv15k.onnx (9 embeddings per view)"
         ),
         "{text}"
     );

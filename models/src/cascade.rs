@@ -5,7 +5,8 @@
 //! For each scored window, in stream order, with `smoothed` its smoothed posteriors (the decoder's
 //! smoothing, `Decoder::smoothed`):
 //! 1. the window's best keyword is the highest smoothed keyword score (ties: lowest index);
-//! 2. it is a *candidate* if that score is `>=` the first-stage threshold t1 and the window's
+//! 2. it is a *candidate* if its candidate score ([`CandidateRule`]: that keyword's score, or the
+//!    sum of all keywords' scores) is `>=` the first-stage threshold t1 and the window's
 //!    `end_ms >=` the deadline (initially 0);
 //! 3. the verifier scores the candidate's clip ([`crate::verifier::View`]); it is *accepted* if the
 //!    verifier's probability of the first stage's keyword is `>=` that keyword's threshold v:
@@ -29,9 +30,44 @@ use crate::decoder::MAX_REFRACTORY_MS;
 /// Default bound of the backlog: 5 s of windows at the default 20-ms hop.
 pub const DEFAULT_MAX_BACKLOG: usize = 250;
 
+/// What a window's first-stage scores are compared with t1 as (manifest `verifier.candidate_rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CandidateRule {
+    /// The highest smoothed keyword score (the models before 2.3.0).
+    #[default]
+    BestKeyword,
+    /// The sum of all keywords' smoothed scores, added in f64 in keyword order and rounded to f32
+    /// (`verifier.candidate_scores` in the research code). A window whose keyword probability is
+    /// split between confusable keywords (go/no, on/off) is still proposed; its keyword is still
+    /// the highest one, and the verifier judges that keyword.
+    KeywordMass,
+}
+
+impl CandidateRule {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BestKeyword => "best_keyword",
+            Self::KeywordMass => "keyword_mass",
+        }
+    }
+
+    /// The score compared with t1 for a window whose best keyword scored `best`.
+    fn score(self, keywords: &[f32], best: f32) -> f32 {
+        match self {
+            Self::BestKeyword => best,
+            // A NaN anywhere makes the sum NaN: never a candidate, like a NaN best score.
+            Self::KeywordMass => keywords.iter().map(|&s| f64::from(s)).sum::<f64>() as f32,
+        }
+    }
+}
+
 /// Cascade parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CascadeConfig {
+    /// What is compared with t1.
+    pub candidate_rule: CandidateRule,
     /// First-stage threshold t1 (float32 comparison, as in the research code).
     pub first_stage_threshold: f32,
     /// Verifier threshold v per keyword (the first `thresholds.len()` classes are the keywords).
@@ -50,6 +86,7 @@ impl CascadeConfig {
     pub fn from_manifest(manifest: &crate::Manifest) -> Option<Self> {
         let v = manifest.verifier.as_ref()?;
         Some(Self {
+            candidate_rule: v.candidate_rule,
             first_stage_threshold: v.first_stage_threshold,
             thresholds: v.thresholds_for(&manifest.keywords),
             refractory_ms: manifest.decoder.refractory_ms,
@@ -101,7 +138,7 @@ pub struct Candidate {
     pub id: u64,
     /// Keyword (class index) of the first stage.
     pub keyword: usize,
-    /// Its smoothed first-stage score.
+    /// Its smoothed first-stage score (below t1 when the keyword mass, not the keyword, reached it).
     pub score: f32,
     pub start_ms: u64,
     pub end_ms: u64,
@@ -160,7 +197,7 @@ pub enum CascadeError {
     Order { end_ms: u64, last_ms: u64 },
 }
 
-/// A window kept while a verdict is pending (at or above t1 only).
+/// A window kept while a verdict is pending (candidate score at or above t1 only).
 #[derive(Debug, Clone, Copy)]
 struct Held {
     keyword: usize,
@@ -231,7 +268,10 @@ impl Cascade {
             });
         }
         let (keyword, score) = best(&smoothed[..keywords]);
-        if score < self.config.first_stage_threshold {
+        let candidate_score = self.config.candidate_rule.score(&smoothed[..keywords], score);
+        // `>=` as in the research code: false for NaN, so a NaN score is never a candidate.
+        let proposes = candidate_score >= self.config.first_stage_threshold;
+        if !proposes {
             // Never a candidate (NaN included), whatever the deadline turns out to be.
             self.last_end = end_ms;
             return Ok(None);
@@ -361,6 +401,7 @@ mod tests {
 
     fn config() -> CascadeConfig {
         CascadeConfig {
+            candidate_rule: CandidateRule::BestKeyword,
             first_stage_threshold: 0.5,
             thresholds: vec![0.5; 4],
             refractory_ms: 1000,
@@ -373,6 +414,43 @@ mod tests {
     fn best_prefers_the_lowest_index_on_ties() {
         assert_eq!(best(&[0.2, 0.7, 0.7, 0.1]), (1, 0.7));
         assert!(best(&[0.9, f32::NAN, 0.3]).1.is_nan());
+    }
+
+    #[test]
+    fn keyword_mass_proposes_split_windows_for_the_best_keyword() {
+        let mass = CascadeConfig {
+            candidate_rule: CandidateRule::KeywordMass,
+            first_stage_threshold: 0.8,
+            ..config()
+        };
+        let split = [0.05, 0.40, 0.0, 0.45];
+        let mut c = Cascade::new(CascadeConfig {
+            candidate_rule: CandidateRule::BestKeyword,
+            ..mass.clone()
+        })
+        .unwrap();
+        assert_eq!(c.push(0, 1000, &split), Ok(None));
+        let mut c = Cascade::new(mass.clone()).unwrap();
+        let cand = c.push(0, 1000, &split).unwrap().unwrap();
+        // The keyword is still the highest one, with its own score; the verifier judges it.
+        assert_eq!((cand.keyword, cand.score), (3, 0.45));
+        let r = c.verdict(cand.id, &[0.0, 0.9, 0.0, 0.2]).unwrap();
+        assert_eq!(
+            r.event, None,
+            "the verifier's own best keyword does not relabel the candidate"
+        );
+        // Summed in f64 in keyword order, then rounded to f32: exactly the research code's value.
+        let want = (0.05f32 as f64 + 0.40f32 as f64 + 0.0 + 0.45f32 as f64) as f32;
+        assert_eq!(CandidateRule::KeywordMass.score(&split, 0.45), want);
+        // A NaN score never proposes, under either rule.
+        for rule in [CandidateRule::BestKeyword, CandidateRule::KeywordMass] {
+            let mut c = Cascade::new(CascadeConfig {
+                candidate_rule: rule,
+                ..mass.clone()
+            })
+            .unwrap();
+            assert_eq!(c.push(0, 1000, &[0.9, f32::NAN, 0.9, 0.9]), Ok(None));
+        }
     }
 
     #[test]

@@ -295,6 +295,7 @@ pub struct VerifierFile {
 ///                "embedding": {"path": "embedding_model.onnx", "sha256": "ba75…"}},
 ///   "head": {"path": "verifier/head.onnx", "sha256": "…"},
 ///   "embeddings_per_view": 9, "centre_offset_ms": 0,
+///   "candidate_rule": "keyword_mass",
 ///   "first_stage_threshold": 0.7, "thresholds": {"yes": 0.9, …}, "reject_gap_ms": 200,
 ///   "licence": "…"
 /// }
@@ -312,7 +313,10 @@ pub struct VerifierSpec {
     pub embeddings_per_view: usize,
     /// The view is centred on the candidate time plus this (ms).
     pub centre_offset_ms: i32,
-    /// First-stage threshold t1: a window whose highest smoothed keyword score is `>=` this
+    /// What the first stage compares with t1; `best_keyword` when absent (manifests before 2.3.0).
+    #[serde(default)]
+    pub candidate_rule: crate::cascade::CandidateRule,
+    /// First-stage threshold t1: a window whose candidate score (`candidate_rule`) is `>=` this
     /// proposes a candidate.
     pub first_stage_threshold: f32,
     /// Verifier threshold v per keyword (every keyword must have one).

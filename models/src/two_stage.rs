@@ -291,6 +291,7 @@ mod tests {
     fn settings() -> CascadeSettings {
         CascadeSettings {
             config: CascadeConfig {
+                candidate_rule: crate::cascade::CandidateRule::BestKeyword,
                 first_stage_threshold: 0.5,
                 thresholds: vec![0.5; 10],
                 refractory_ms: 1000,

@@ -12,14 +12,18 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use common::crate_dir;
-use kws_models::cascade::{Candidate, Cascade, CascadeConfig, CascadeEvent, run_offline};
+use kws_models::cascade::{Candidate, CandidateRule, Cascade, CascadeConfig, CascadeEvent, run_offline};
 use proptest::prelude::*;
 use serde::Deserialize;
 
 /// The Python loop, verbatim: `verify(i)` for window `i`; returns (keyword, window index) events.
+/// `mass`: the `keyword_mass` rule (`verifier.candidate_scores`: the keywords' scores summed in f64
+/// in keyword order, rounded to f32, compared with t1).
+#[allow(clippy::too_many_arguments)]
 fn reference(
     scores: &[Vec<f32>],
     end_ms: &[u64],
+    mass: bool,
     t1: f32,
     verify: &dyn Fn(usize) -> Vec<f32>,
     v: &[f32],
@@ -36,7 +40,16 @@ fn reference(
                 best = k;
             }
         }
-        if s[best] < t1 || (end_ms[i] as i64) < deadline {
+        let score = if mass {
+            let mut m = 0.0f64;
+            for &x in s {
+                m += f64::from(x);
+            }
+            m as f32
+        } else {
+            s[best]
+        };
+        if score < t1 || (end_ms[i] as i64) < deadline {
             continue;
         }
         let p = verify(i);
@@ -181,6 +194,7 @@ fn golden_streams_give_the_python_events() {
                     .clone()
             };
             let config = CascadeConfig {
+                candidate_rule: CandidateRule::BestKeyword,
                 first_stage_threshold: point.t1,
                 thresholds: vec![point.v; nk],
                 refractory_ms: g.refractory_ms,
@@ -214,6 +228,7 @@ fn golden_streams_give_the_python_events() {
             let r = reference(
                 &windows.iter().map(|w| w.2[..nk].to_vec()).collect::<Vec<_>>(),
                 &windows.iter().map(|w| w.1).collect::<Vec<_>>(),
+                false,
                 point.t1,
                 &verify,
                 &vec![point.v; nk],
@@ -251,6 +266,7 @@ proptest! {
     fn cascade_equals_the_python_loop(
         (scores, probs) in stream(),
         t1 in prop_oneof![Just(0.5f32), 0.0f32..1.0],
+        mass in any::<bool>(),
         v_seed in prop::collection::vec(prop_oneof![Just(0.5f32), 0.0f32..1.0], 4),
         hop in prop_oneof![Just(20u64), 10u64..100],
         refractory in prop_oneof![Just(1000u32), 0u32..3000],
@@ -266,8 +282,9 @@ proptest! {
             .collect();
         let verify = |i: usize| probs[i].clone();
         let end: Vec<u64> = windows.iter().map(|w| w.1).collect();
-        let want = reference(&scores, &end, t1, &verify, &v, u64::from(refractory), u64::from(gap));
+        let want = reference(&scores, &end, mass, t1, &verify, &v, u64::from(refractory), u64::from(gap));
         let config = CascadeConfig {
+            candidate_rule: if mass { CandidateRule::KeywordMass } else { CandidateRule::BestKeyword },
             first_stage_threshold: t1,
             thresholds: v,
             refractory_ms: refractory,

@@ -322,6 +322,7 @@ pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
                 embedding_path: path(embedding),
                 embedding_sha256: v.features.embedding.sha256.clone(),
                 first_stage_threshold: v.first_stage_threshold,
+                candidate_rule: v.candidate_rule.as_str().to_owned(),
                 thresholds: m
                     .keywords
                     .iter()

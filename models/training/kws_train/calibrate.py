@@ -18,7 +18,8 @@ which says how much of the calibrated gain is fitted noise; the thresholds writt
 search on all streams.
 
 With `--head`, the same search calibrates a cascade instead: candidates of the first stage at `--t1`
-(all keywords), verifier thresholds per keyword (`verifier.cascade_events`' rule).
+(all keywords; `--candidate-rule`: the highest keyword's score or the keywords' summed score is
+compared with it), verifier thresholds per keyword (`verifier.cascade_events`' rule).
 
 Usage (models/training):
   python -m kws_train.calibrate --cache runs/verifier/val2-cache --budget 5 --json cal.json \
@@ -71,13 +72,14 @@ def count(events: list[tuple[int, int]], labels: list[tuple[int, int, int]], tol
 
 
 def cascade_decode(sm: np.ndarray, start: np.ndarray, end: np.ndarray, v: np.ndarray, refractory_ms: int,
-                   t1: float, verify, reject_gap_ms: int) -> list[tuple[int, int]]:
+                   t1: float, verify, reject_gap_ms: int, rule: str = "best_keyword") -> list[tuple[int, int]]:
     """Events of the two-stage rule (`verifier.cascade_events`) with per-keyword verifier thresholds
-    `v`: a candidate (highest smoothed keyword >= t1, past the deadline) becomes an event when the
-    verifier's probability of that keyword is >= v[keyword]; a rejected one blocks `reject_gap_ms`."""
-    kw = sm[:, :NK]
-    best = np.argmax(kw, axis=1)
-    score = kw[np.arange(len(kw)), best]
+    `v`: a candidate (candidate score of `rule` >= t1, past the deadline; `verifier.candidate_scores`)
+    becomes an event when the verifier's probability of the first stage's keyword is >= v[keyword]; a
+    rejected one blocks `reject_gap_ms`."""
+    from .verifier import candidate_scores
+
+    best, score = candidate_scores(sm, rule)
     ev, deadline = [], -1
     for i in np.nonzero(score >= np.float32(t1))[0]:
         if end[i] < deadline:
@@ -93,7 +95,7 @@ def cascade_decode(sm: np.ndarray, start: np.ndarray, end: np.ndarray, v: np.nda
 
 class Streams:
     """The cached streams of one split, with everything decode() and count() need. With `cascade`
-    (t1, verifier, reject_gap_ms), the thresholds searched are the verifier's, per keyword."""
+    (t1, verifier, reject_gap_ms, candidate rule), the thresholds searched are the verifier's, per keyword."""
 
     def __init__(self, files: list[dict], refractory_ms: int, tolerance_ms: int, cascade=None):
         self.files = files
@@ -112,8 +114,9 @@ class Streams:
                 if self.cascade is None:
                     ev = decode(f["sm"], f["start"], f["end"], th, self.refractory_ms)
                 else:
-                    t1, verifier, gap = self.cascade
-                    ev = cascade_decode(f["sm"], f["start"], f["end"], th, self.refractory_ms, t1, verifier(f), gap)
+                    t1, verifier, gap, rule = self.cascade
+                    ev = cascade_decode(f["sm"], f["start"], f["end"], th, self.refractory_ms, t1, verifier(f), gap,
+                                        rule)
                 c += count(ev, lab, self.tolerance_ms)
             self._memo[key] = c
         return self._memo[key]
@@ -220,7 +223,7 @@ VERIFIER_LICENCE = (
 
 
 def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[str, float], reject_gap_ms: int,
-                     old: dict | None) -> dict:
+                     old: dict | None, candidate_rule: str = "best_keyword") -> dict:
     """The manifest's `verifier` section (`kws_models::manifest::VerifierSpec`): the head is copied
     into `<model_dir>/verifier/head.onnx`; the feature models are the shared ones in
     models/speech-embedding (their sha256 are the pinned ones of `verifier.FEATURE_FILES`)."""
@@ -245,6 +248,7 @@ def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[st
         "head": {"path": "verifier/head.onnx", "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()},
         "embeddings_per_view": WINDOW_EMB,
         "centre_offset_ms": 0,
+        "candidate_rule": candidate_rule,
         "first_stage_threshold": t1,
         "thresholds": thresholds,
         "reject_gap_ms": reject_gap_ms,
@@ -283,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="first-stage threshold of the cascade (all keywords); a comma list: the one whose best single "
                         "verifier threshold keeps the most keywords within the budget is chosen (per fold, too)")
     p.add_argument("--reject-gap-ms", type=int, default=200)
+    p.add_argument("--candidate-rule", choices=("best_keyword", "keyword_mass"), default="best_keyword",
+                   help="what the cascade's first stage compares with t1 (`verifier.candidate_scores`)")
     p.add_argument("--single", action="store_true",
                    help="write the best single threshold (all keywords) instead of the per-keyword search's; use it "
                         "when the held-out halves show the per-keyword shape does not carry over")
@@ -306,9 +312,10 @@ def main(argv: list[str] | None = None) -> None:
             verifier = lazy_verifier(files, None, 0.0, load_clip_table(a.clip_table))
         else:
             verifier = lazy_verifier(files, load_head(a.head), 0.0)
-        cascade = (a.t1, verifier, a.reject_gap_ms)
+        cascade = (a.t1, verifier, a.reject_gap_ms, a.candidate_rule)
+
     def mk(fs, t1=None):
-        c = None if cascade is None else (t1 if t1 is not None else a.t1[0], cascade[1], cascade[2])
+        c = None if cascade is None else (t1 if t1 is not None else a.t1[0], cascade[1], cascade[2], cascade[3])
         return Streams(fs, dec["refractory_ms"], a.tolerance_ms, c)
 
     def choose_t1(fs) -> float | None:
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         chosen = choose_t1(files)
         every = mk(files, chosen)
     out = {"cache": str(a.cache), "head": str(a.head) if a.head else None,
-           "t1": chosen if a.head else None, "t1_grid": a.t1 if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
+           "t1": chosen if a.head else None, "t1_grid": a.t1 if a.head else None,
+           "candidate_rule": a.candidate_rule if a.head else None, "reject_gap_ms": a.reject_gap_ms if a.head else None, "hours": every.hours, "files": len(files), "budget_fa_per_h": a.budget,
            "decoder": dec, "grid": a.grid, "folds": []}
     if a.folds > 1:
         parts = split(files, a.folds)
@@ -376,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise SystemExit("--write-manifest with --head needs head.onnx and --clip-table (the Rust verifier's "
                                  "per-clip probabilities)")
             m["verifier"] = verifier_section(a.write_manifest.parent, a.head, chosen, out["thresholds"],
-                                             a.reject_gap_ms, m.get("verifier"))
+                                             a.reject_gap_ms, m.get("verifier"), a.candidate_rule)
         else:
             m["thresholds"] = out["thresholds"]
         m["operating_point"] = {

@@ -518,16 +518,38 @@ def cmd_embed(a) -> None:
                           "cpu_embedding_s": round(cpu["embed"], 1)}))
 
 
+#: How the first stage proposes candidates (manifest `verifier.candidate_rule`; `best_keyword` when absent).
+CANDIDATE_RULES = ("best_keyword", "keyword_mass")
+
+
+def candidate_scores(sm: np.ndarray, rule: str = "best_keyword") -> tuple[np.ndarray, np.ndarray]:
+    """Per window of smoothed posteriors: the first stage's keyword (highest smoothed keyword score,
+    ties: lowest index) and the score a candidate needs >= t1. `best_keyword`: that keyword's score.
+    `keyword_mass`: the sum of all keywords' smoothed scores, added in float64 in keyword order and
+    rounded to float32 (as `kws_models::cascade` does), so a window whose keyword probability is split
+    between confusable keywords (go/no, on/off) is still proposed; the verifier then checks the
+    first stage's keyword."""
+    kw = sm[:, :len(KEYWORDS)]
+    best = np.argmax(kw, axis=1)
+    if rule == "best_keyword":
+        return best, kw[np.arange(len(kw)), best]
+    if rule == "keyword_mass":
+        mass = np.zeros(len(kw), np.float64)
+        for k in range(kw.shape[1]):
+            mass += kw[:, k].astype(np.float64)
+        return best, mass.astype(np.float32)
+    raise ValueError(f"unknown candidate rule {rule!r} (known: {', '.join(CANDIDATE_RULES)})")
+
+
 def cascade_events(sm: np.ndarray, end_ms: np.ndarray, t1: float, verify, v: float, refractory_ms: int,
-                   reject_gap_ms: int, relabel: bool) -> tuple[list[tuple[int, int]], int]:
-    """First stage: the shipped decoder's rule (highest smoothed keyword >= t1, refractory) proposes a
-    candidate at the centre of its window; `verify(i)` (window index -> 12 probabilities) accepts it when
+                   reject_gap_ms: int, relabel: bool, rule: str = "best_keyword") -> tuple[list[tuple[int, int]], int]:
+    """First stage: a window whose candidate score (`candidate_scores`: by default the highest smoothed
+    keyword) is >= t1 proposes a candidate at the centre of its window, unless the deadline runs;
+    `verify(i)` (window index -> 12 probabilities) accepts it when
     the verifier's probability of the first stage's keyword (`relabel`: of its own best keyword, which
     then becomes the event's label) is >= v. An accepted event starts the refractory period; a rejected
     candidate only blocks new candidates for `reject_gap_ms`. Returns (events, candidates)."""
-    kw = sm[:, :len(KEYWORDS)]
-    best = np.argmax(kw, axis=1)
-    score = kw[np.arange(len(kw)), best]
+    best, score = candidate_scores(sm, rule)
     cand = np.nonzero(score >= np.float32(t1))[0]
     ev, deadline, ncand = [], -1, 0
     for i in cand:
@@ -583,8 +605,8 @@ def lazy_verifier(files: list[dict], net, offset_ms: float = 0.0, clips: dict | 
 
 
 def cmd_clip_table(a) -> None:
-    """Per-clip verifier probabilities of every window that can be a candidate (highest smoothed
-    keyword >= --min-t1) of the cached streams: one mel + embedding + head run per distinct view
+    """Per-clip verifier probabilities of every window that can be a candidate (candidate score of
+    `--candidate-rule` >= --min-t1) of the cached streams: one mel + embedding + head run per distinct view
     (four consecutive 20-ms windows share a view), as the Rust verifier runs it. Written to --out
     (npz: per stream `<wav>|first` and `<wav>|probs`), read by `load_clip_table`."""
     import onnxruntime as ort
@@ -599,9 +621,9 @@ def cmd_clip_table(a) -> None:
     files = load_cache(a.cache)
     out, n_clips, c0 = {}, 0, time.process_time()
     for n, f in enumerate(files):
-        kw = f["sm"][:, :len(KEYWORDS)].max(1)
+        _, score = candidate_scores(f["sm"], a.candidate_rule)
         t = (f["start"] + f["end"]) // 2
-        firsts = sorted({view_start(int(ti), a.offset_ms) for ti in t[kw >= np.float32(a.min_t1)]})
+        firsts = sorted({view_start(int(ti), a.offset_ms) for ti in t[score >= np.float32(a.min_t1)]})
         probs = np.zeros((len(firsts), len(CLASSES)), np.float32)
         if firsts:
             x = read_wav(a.audio_dir / str(f["wav"]))
@@ -681,7 +703,7 @@ def cmd_cascade(a) -> None:
                 for f in files:
                     times = (f["start"] + f["end"]) // 2
                     ev, nc = cascade_events(f["sm"], f["end"], t1, verifier_for(f), v, dec["refractory_ms"],
-                                            a.reject_gap_ms, relabel)
+                                            a.reject_gap_ms, relabel, a.candidate_rule)
                     evf.append([(k, int(times[i])) for k, i in ev])
                     ncand += nc
                 out["cascade"].append({"t1": t1, "v": v, "relabel": relabel,
@@ -912,6 +934,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--t1", type=fl, default=[0.3, 0.5, 0.7, 0.9])
     s.add_argument("--v", type=fl, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999])
     s.add_argument("--relabel", action="store_true")
+    s.add_argument("--candidate-rule", choices=CANDIDATE_RULES, default="best_keyword",
+                   help="what the first stage compares with t1 (`candidate_scores`)")
     s.add_argument("--clip-table", type=Path, help="per-clip probabilities (`clip-table`) instead of stream embeddings")
     s.add_argument("--json", type=Path)
     s = sub.add_parser("clips")
@@ -926,6 +950,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--audio-dir", type=Path, required=True, help="directory the cache's wav paths are relative to")
     s.add_argument("--head", type=Path, required=True, help="head.onnx")
     s.add_argument("--min-t1", type=float, default=0.5, help="lowest first-stage threshold the table serves")
+    s.add_argument("--candidate-rule", choices=CANDIDATE_RULES, default="best_keyword",
+                   help="the rule the table serves (`keyword_mass` needs more windows than `best_keyword`)")
     s.add_argument("--offset-ms", type=float, default=0.0)
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("cost")

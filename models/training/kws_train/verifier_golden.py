@@ -31,7 +31,8 @@ import numpy as np
 
 from . import KEYWORDS, SAMPLE_RATE
 from .streameval import read_wav
-from .verifier import EMB_STEP, WINDOW_EMB, Embedder, cascade_events, find_feature_models, take_view, view_start
+from .verifier import (EMB_STEP, WINDOW_EMB, Embedder, candidate_scores, cascade_events, find_feature_models, take_view,
+                       view_start)
 
 MEL_HOP, MEL_FRAME, EMB_FRAMES = 160, 512, 76
 SPARSE_MIN = 0.01
@@ -200,9 +201,10 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
     head = ort.InferenceSession(str(model_dir / v["head"]["path"]), so, providers=["CPUExecutionProvider"])
     thresholds = np.array([v["thresholds"][k] for k in KEYWORDS], np.float32)
     t1 = np.float32(v["first_stage_threshold"])
+    rule = v.get("candidate_rule", "best_keyword")
     dec = DecoderConfig(smoothing_ms=st["decoder"]["smoothing_ms"], refractory_ms=st["decoder"]["refractory_ms"],
                         hop_frames=st["hop_frames"])
-    out = {"first_stage_threshold": float(t1), "thresholds": dict(zip(KEYWORDS, f32(thresholds))),
+    out = {"candidate_rule": rule, "first_stage_threshold": float(t1), "thresholds": dict(zip(KEYWORDS, f32(thresholds))),
            "reject_gap_ms": v["reject_gap_ms"], "embeddings_per_view": v["embeddings_per_view"]}
     margins = []
     for variant in ("fp32", "int8"):
@@ -211,6 +213,7 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
         start = np.array([w["start_ms"] for w in trace], np.int64)
         end = np.array([w["end_ms"] for w in trace], np.int64)
         sm = smoothed_fast(probs, smoothing_windows(dec))
+        _, cscore = candidate_scores(sm, rule)
         cands = []
 
         def verify(i):
@@ -219,12 +222,13 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
             p = head.run(None, {"embeddings": view[None].astype(np.float32)})[0][0]
             k = int(np.argmax(sm[i, :len(KEYWORDS)]))
             margins.append(abs(float(p[k]) - float(thresholds[k])))
-            cands.append({"keyword": KEYWORDS[k], "score": f32(sm[i, k]), "start_ms": int(start[i]),
+            cands.append({"keyword": KEYWORDS[k], "score": f32(sm[i, k]), "candidate_score": f32(cscore[i]),
+                          "start_ms": int(start[i]),
                           "end_ms": int(end[i]), "clip": [s0, min(e0, len(x))], "lead": lead, "probs": f32(p)})
             return p
 
         accepted = set(cascade_decode(sm, start, end, thresholds, dec.refractory_ms, float(t1), verify,
-                                      v["reject_gap_ms"]))
+                                      v["reject_gap_ms"], rule))
         events = [{"keyword": c["keyword"], "score": c["score"], "verifier_score": c["probs"][KEYWORDS.index(c["keyword"])],
                    "start_ms": c["start_ms"], "end_ms": c["end_ms"]} for c in cands
                   if (KEYWORDS.index(c["keyword"]), (c["start_ms"] + c["end_ms"]) // 2) in accepted]

@@ -170,11 +170,48 @@ def test_shipped_cascade_goldens_agree_with_their_manifests():
         v = m["verifier"]
         assert c["first_stage_threshold"] == np.float32(v["first_stage_threshold"])
         assert c["thresholds"] == {k: float(np.float32(x)) for k, x in v["thresholds"].items()}
+        assert c["candidate_rule"] == v.get("candidate_rule", "best_keyword")
         for variant in ("fp32", "int8"):
             accepted = [(x["keyword"], x["start_ms"]) for x in c[f"candidates_{variant}"]
                         if x["probs"][KEYWORDS.index(x["keyword"])] >= np.float32(v["thresholds"][x["keyword"]])]
             assert accepted == [(e["keyword"], e["start_ms"]) for e in c[f"events_{variant}"]]
-            assert all(x["score"] >= np.float32(v["first_stage_threshold"]) for x in c[f"candidates_{variant}"])
+            assert all(x["candidate_score"] >= np.float32(v["first_stage_threshold"])
+                       for x in c[f"candidates_{variant}"])
+            if c["candidate_rule"] == "best_keyword":
+                assert all(x["candidate_score"] == x["score"] for x in c[f"candidates_{variant}"])
             assert c[f"candidates_{variant}"], f"{mdir.name}: the golden stream proposes no candidate"
         checked += 1
     assert checked == 3
+
+
+def test_keyword_mass_proposes_split_windows_and_checks_the_first_stage_keyword():
+    """`keyword_mass` compares the keywords' summed smoothed scores with t1 (float64 in keyword order,
+    rounded to float32); the candidate's keyword stays the highest one, and the verifier is asked
+    about that keyword, not its own best."""
+    from kws_train.verifier import candidate_scores, cascade_events
+
+    sm = np.zeros((4, 12), np.float32)
+    sm[0, [9, 1]] = [0.45, 0.40]  # go vs no: no keyword reaches 0.8, together they do
+    sm[1, 11] = 1.0  # unknown
+    sm[2, [6, 7]] = [0.3, 0.3]  # on/off, 0.6 in all
+    sm[3, [0]] = [0.9]
+    best, mass = candidate_scores(sm, "keyword_mass")
+    assert best.tolist()[0] == 9 and mass.dtype == np.float32
+    assert mass[0] == np.float32(np.float64(np.float32(0.45)) + np.float64(np.float32(0.40)))
+    _, top = candidate_scores(sm, "best_keyword")
+    assert top[0] == np.float32(0.45)
+    end = np.array([1000, 3000, 5000, 7000])
+    asked = []
+
+    def verify(i):
+        asked.append(i)
+        p = np.zeros(12, np.float32)
+        p[best[i]] = 0.9
+        return p
+
+    ev, n = cascade_events(sm, end, 0.8, verify, 0.5, 1000, 200, False, "keyword_mass")
+    assert (ev, n, asked) == ([(9, 0), (0, 3)], 2, [0, 3])
+    ev, n = cascade_events(sm, end, 0.8, verify, 0.5, 1000, 200, False, "best_keyword")
+    assert (ev, n) == ([(0, 3)], 1)
+    with pytest.raises(ValueError, match="unknown candidate rule"):
+        candidate_scores(sm, "sum")
