@@ -171,7 +171,8 @@ fn golden_stream_cascade_events() {
             continue;
         };
         assert!(
-            want.min_verifier_margin.unwrap_or(1.0) > 1e-3,
+            // The verifier-score tolerance below: a verdict within it of its threshold could flip.
+            want.min_verifier_margin.unwrap_or(1.0) > 1e-4,
             "{}: verdicts too close to call",
             dir.display()
         );
