@@ -20,10 +20,11 @@ from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 
 HAS_WORDS = Path("/usr/share/dict/words").exists()
 #: Every recipe that existed before the negative-speech keys (the e* research arms and the v* verifier
-#: window configs use them, and so do TC-ResNet8 since 2.1.0 and its streamable variant since
-#: 2.1.0-streaming: their recipe is the e6 arm's).
+#: window configs use them, and so do TC-ResNet8 since 2.1.0, its streamable variant since
+#: 2.1.0-streaming and the streamable TC-ResNet14-1.5: their recipe is the e6 arm's).
+E6_CONFIGS = ("tc-resnet8.toml", "tc-resnet8-stream.toml", "tc-resnet14-1.5-stream.toml")
 CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml")
-                 if not p.name.startswith(("e", "v")) and p.name not in ("tc-resnet8.toml", "tc-resnet8-stream.toml"))
+                 if not p.name.startswith(("e", "v")) and p.name not in E6_CONFIGS)
 NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
                    *(TRAINING / "configs" / "research").glob("v*.toml")])
 
@@ -69,6 +70,16 @@ def test_shipped_stream_model_is_the_shipped_recipe():
     assert stream.pop("arch") == "tc-resnet8-stream" and windowed.pop("arch") == "tc-resnet8"
     windowed.pop("name")
     assert stream == windowed
+
+
+def test_streaming_tc_resnet14_is_the_shipped_recipe():
+    """tc-resnet14-1.5-stream is trained with TC-ResNet8's recipe; only the architecture differs, so the
+    two streaming models compare architectures, not recipes (issue 15)."""
+    big = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet14-1.5-stream.toml"))
+    small = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8-stream.toml"))
+    assert (big.pop("name"), big.pop("arch")) == ("tc-resnet14-1.5-stream", "tc-resnet14-1.5-stream")
+    assert (small.pop("name"), small.pop("arch")) == ("tc-resnet8-stream", "tc-resnet8-stream")
+    assert big == small
 
 
 def test_recipe_keys_load(tmp_path):
