@@ -26,7 +26,8 @@ Subcommands (run from models/training with the training venv):
   train     --windows runs/verifier/win-*.npz --out runs/verifier
   embed     --manifest data/valcorpus/manifest.jsonl --cache runs/verifier/val-cache (first stage + embeddings)
   cascade   --cache runs/verifier/val-cache --head runs/verifier/head.pt --json cascade.json
-  clips     --data data --head runs/verifier/head.pt --model-dir ../tc-resnet8  (held-out awb clips)
+  clips     --data data --head ../tc-resnet8/verifier/head.onnx --model-dir ../tc-resnet8  (held-out awb clips;
+            per first-stage keyword, the share of right and wrong ones the verifier accepts)
   cost      --head runs/verifier/head.pt  (ms per candidate, ONNX Runtime, 1 thread)
 """
 
@@ -465,6 +466,42 @@ def load_head(path: Path):
     return net
 
 
+def head_file_probs(path: Path, views: np.ndarray) -> np.ndarray:
+    """A head's probabilities from its file: `head.onnx` (what ships) through ONNX Runtime, 1 thread;
+    a training checkpoint (`head.pt`) through PyTorch."""
+    if path.suffix != ".onnx":
+        return head_probs(load_head(path), views)
+    import onnxruntime as ort
+
+    if len(views) == 0:
+        return np.zeros((0, len(CLASSES)), np.float32)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    v = np.asarray(views, np.float32)
+    return np.concatenate([sess.run(["probs"], {"embeddings": v[i:i + 256]})[0] for i in range(0, len(v), 256)])
+
+
+def acceptance_by_keyword(p1: np.ndarray, p2: np.ndarray, y: np.ndarray,
+                          thresholds: dict[str, float]) -> dict[str, dict]:
+    """What the cascade's verifier does to isolated keyword clips, per keyword: of the clips whose first-stage
+    keyword (the highest of the ten keywords, as a candidate is labelled) is k, how many are right and how
+    many wrong, and which share of each the verifier accepts (its probability of k >= `thresholds[k]`).
+    A verifier that rejects the right ones is the recall limit of its keyword on these voices; one that
+    accepts the wrong ones lets confusions through as false alarms."""
+    kw = np.isin(y, KW_IDS)
+    first = np.asarray(KW_IDS)[p1[:, KW_IDS].argmax(1)]
+    out = {}
+    for k, name in enumerate(KEYWORDS):
+        said = kw & (first == k)
+        right, wrong = said & (y == k), said & (y != k)
+        ok = p2[:, k] >= np.float32(thresholds[name])
+        out[name] = {"first_stage": int(said.sum()), "right": int(right.sum()), "wrong": int(wrong.sum()),
+                     "accepted_right": round(float(ok[right].mean()), 4) if right.any() else None,
+                     "accepted_wrong": round(float(ok[wrong].mean()), 4) if wrong.any() else None}
+    return out
+
+
 def head_probs(net, views: np.ndarray) -> np.ndarray:
     import torch
 
@@ -779,7 +816,8 @@ def cmd_clips(a) -> None:
     m = json.loads((a.model_dir / "manifest.json").read_text())
     sess = ort.InferenceSession(str(a.model_dir / m["files"][a.variant]["path"]), so, providers=["CPUExecutionProvider"])
     emb = Embedder(find_feature_models(a.features), 1)
-    net = load_head(a.head)
+    verifier = m.get("verifier") or {}
+    thresholds = {k: float(verifier.get("thresholds", {}).get(k, a.v)) for k in KEYWORDS}
     res = {}
     for name, (x, y) in sets.items():
         if not name.startswith("test-"):
@@ -793,7 +831,7 @@ def cmd_clips(a) -> None:
         for i in range(0, len(pad), 32):
             for spec in emb.mel(pad[i:i + 32]):
                 views.append(emb.embed_mel(spec)[(LONG_EMB - WINDOW_EMB) // 2:][:WINDOW_EMB])
-        p2 = head_probs(net, np.stack(views))
+        p2 = head_file_probs(a.head, np.stack(views))
         kw = np.isin(y, KW_IDS)
         a1, a2 = p1.argmax(1), p2.argmax(1)
         res[name] = {"n_keyword": int(kw.sum()), "n": int(len(y)),
@@ -802,7 +840,9 @@ def cmd_clips(a) -> None:
                      "both_agree_keyword_acc": float(((a1[kw] == y[kw]) & (a2[kw] == y[kw])).mean()),
                      "tc_resnet8_acc": float((a1 == y).mean()), "verifier_acc": float((a2 == y).mean()),
                      "verifier_p_of_label_on_tc_hits": float(np.median(p2[kw & (a1 == y), y[kw & (a1 == y)]]))
-                     if (kw & (a1 == y)).any() else None}
+                     if (kw & (a1 == y)).any() else None,
+                     "verifier_thresholds": thresholds,
+                     "by_first_stage_keyword": acceptance_by_keyword(p1, p2, y, thresholds)}
     print(json.dumps(res, indent=1))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
@@ -943,7 +983,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--config", type=Path, default=Path("configs/tc-resnet8.toml"))
     s.add_argument("--model-dir", type=Path, default=Path("../tc-resnet8"))
     s.add_argument("--variant", default="int8", choices=["fp32", "int8"])
-    s.add_argument("--head", type=Path, required=True)
+    s.add_argument("--head", type=Path, required=True, help="head.onnx (or a training checkpoint head.pt)")
+    s.add_argument("--v", type=float, default=0.3,
+                   help="verifier threshold for keywords the model's manifest gives none")
     s.add_argument("--json", type=Path)
     s = sub.add_parser("clip-table")
     s.add_argument("--cache", type=Path, required=True, help="`embed` cache (--first-stage-only is enough)")

@@ -215,3 +215,34 @@ def test_keyword_mass_proposes_split_windows_and_checks_the_first_stage_keyword(
     assert (ev, n) == ([(0, 3)], 1)
     with pytest.raises(ValueError, match="unknown candidate rule"):
         candidate_scores(sm, "sum")
+
+
+def test_acceptance_by_keyword_counts_the_first_stage_keyword_and_the_verifier_threshold():
+    """`verifier clips`' per-keyword table: clips are grouped by the first stage's keyword (the highest
+    of the ten, whatever the non-keyword classes say), split into right and wrong, and the verifier's
+    probability of that keyword is compared with that keyword's own threshold (>=)."""
+    from kws_train.verifier import acceptance_by_keyword
+
+    n = len(KEYWORDS) + 2
+    down, on, unknown = KEYWORDS.index("down"), KEYWORDS.index("on"), n - 1
+
+    def onehot(i, p=0.9):
+        v = np.full(n, (1 - p) / (n - 1), np.float32)
+        v[i] = p
+        return v
+
+    # First stage: three clips say "down" (two are "down", one is "on"); one "on" clip says "on" even
+    # though unknown is its highest class overall (keywords only, as a candidate is labelled).
+    p1 = np.stack([onehot(down), onehot(down), onehot(down), onehot(unknown, 0.5)])
+    p1[3, on] = 0.3
+    y = np.array([down, down, on, on])
+    p2 = np.zeros((4, n), np.float32)
+    p2[:, down] = [0.8, 0.5, 0.79, 0.0]
+    p2[:, on] = [0.0, 0.0, 0.0, 0.3]
+    th = {k: 0.3 for k in KEYWORDS} | {"down": 0.8}
+    r = acceptance_by_keyword(p1, p2, y, th)
+    assert r["down"] == {"first_stage": 3, "right": 2, "wrong": 1, "accepted_right": 0.5, "accepted_wrong": 0.0}
+    assert r["on"] == {"first_stage": 1, "right": 1, "wrong": 0, "accepted_right": 1.0, "accepted_wrong": None}
+    assert r["yes"] == {"first_stage": 0, "right": 0, "wrong": 0, "accepted_right": None, "accepted_wrong": None}
+    # Non-keyword labels are not keyword clips.
+    assert acceptance_by_keyword(p1, p2, np.array([unknown] * 4), th)["down"]["first_stage"] == 0
