@@ -85,7 +85,8 @@ for m in "${MODELS[@]}"; do
 done
 
 # Second stage (models 2.0.0): the verifier head on the speech-embedding features (models/speech-embedding;
-# deploy/fetch-speech-embedding.sh re-extracts them), trained on 36 000 synthesized 2.3-s windows; then per
+# deploy/fetch-speech-embedding.sh re-extracts them), trained on 36 000 synthesized 2.3-s windows (TC-ResNet8 since
+# 2.4.0: 60 000, some of them voice-converted, below); then per
 # model the cascade's first-stage threshold (one of 0.5-0.99) and one verifier threshold for all keywords,
 # calibrated on the validation streams to an FA/h budget with the verifier run per candidate clip as the Rust crate
 # runs it, and the cascade golden. Several CPU hours on 2 cores (each 12 000-window run ~6 CPU min of
@@ -94,12 +95,22 @@ if [ "${VERIFIER:-1}" = 1 ]; then
   mkdir -p data/mined runs/verifier
   "$PY" -m kws_train.mine --data data --model ../tc-resnet8/model.int8.onnx --out data/mined/tc8-int8-0.3.jsonl \
     --threshold 0.3 --spacing-ms 300
-  for s in 7 8 9; do
+  for s in 7 8 9 10; do
     "$PY" -m kws_train.verifier windows --data data --config configs/research/v2-voices.toml \
       --mined data/mined/tc8-int8-0.3.jsonl --out "runs/verifier/win-$s.npz" --count 12000 --seed "$s"
   done
   "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
     --out runs/verifier/head --epochs 40 --arch conv --val-frac 0.1
+  # TC-ResNet8's head since 2.4.0 (models/RESEARCH.md round 8): the same recipe on 60 000 windows, the
+  # 36 000 above plus 12 000 more and 12 000 with WORLD voice-converted copies of half of every training
+  # engine's clips (needs pyworld: requirements-vc.txt; awb and the validation accents stay out).
+  "$VENV/bin/pip" install -q -r requirements-vc.txt
+  [ -f data/vc/gnuspeech.npz ] || "$PY" -m kws_train.voiceconv --data data --engines "$ENGINES" --fraction 0.5 --workers 2
+  "$PY" -m kws_train.verifier windows --data data --config configs/research/v3-voiceconv.toml \
+    --mined data/mined/tc8-int8-0.3.jsonl --out runs/verifier/win-10-vc.npz --count 12000 --seed 10
+  "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
+    runs/verifier/win-10.npz runs/verifier/win-10-vc.npz --out runs/verifier/head-60k --epochs 40 --arch conv --val-frac 0.1
+  declare -A HEAD=([tc-resnet8]=runs/verifier/head-60k/head.onnx)
   # Candidate rule and budget (models/RESEARCH.md round 7): since 2.3.0 TC-ResNet8 and its streaming
   # twin propose a candidate when the keywords' summed smoothed score reaches t1 (`keyword_mass`) and are
   # calibrated to 2 FA/h; TC-ResNet14-1.5 keeps the highest keyword's score and 5 FA/h (the rule did not
@@ -108,10 +119,11 @@ if [ "${VERIFIER:-1}" = 1 ]; then
   declare -A BUDGET=([tc-resnet8]=2 [tc-resnet8-stream]=2)
   for m in "${MODELS[@]}"; do
     rule=${RULE[$m]:-best_keyword}
+    head=${HEAD[$m]:-runs/verifier/head/head.onnx}
     "$PY" -m kws_train.verifier clip-table --cache "runs/val2-cache-$m" --audio-dir data/valcorpus2 \
-      --head runs/verifier/head/head.onnx --min-t1 0.5 --candidate-rule "$rule" --out "runs/verifier/clips-val2-$m.npz"
+      --head "$head" --min-t1 0.5 --candidate-rule "$rule" --out "runs/verifier/clips-val2-$m.npz"
     "$PY" -m kws_train.calibrate --cache "runs/val2-cache-$m" --budget "${BUDGET[$m]:-5}" --folds 2 \
-      --head runs/verifier/head/head.onnx --candidate-rule "$rule" \
+      --head "$head" --candidate-rule "$rule" \
       --clip-table "runs/verifier/clips-val2-$m.npz" --t1 0.5,0.7,0.8,0.9,0.95,0.98,0.99 --single \
       --grid 0.3,0.5,0.7,0.8,0.9,0.95,0.97,0.98,0.99,0.995,0.998,0.999 --write-manifest "../$m/manifest.json" \
       --validation-set "valcorpus --pos-minutes 30 --neg-minutes 100 --near-minutes 30; verifier clip-table per candidate clip"
