@@ -28,6 +28,8 @@ FAMILIES = {
     "festival-hi": "nsk", "festival-mr": "nsk", "festival-te": "nsk",
     # GnuSpeech: one articulatory model behind all four voices (male, female, large_child, baby).
     "gnuspeech": "gnuspeech",
+    # espeak-ng's voices of eight other languages reading respelled English (synth.ESPEAK_FOREIGN_LANGS).
+    "espeak-foreign": "espeak-foreign",
 }
 MUSIC = ["macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"]
 NOISES = ["whitenoise", "pinknoise", "brownnoise"]

@@ -40,7 +40,7 @@ import numpy as np
 from . import KEYWORDS, SAMPLE_RATE
 from .lexicon import keywords_in, near_words_in, words_of
 from .data import MUSIC, NOISES, load_background
-from .respell import respell_for
+from .respell import respell_for, respell_for_espeak
 from .synth import ESPEAK_ACCENTS, FLITE_VOICES, Rendition, espeak_variants, render, write_wav
 
 ENGINES = ["espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"]
@@ -122,10 +122,11 @@ EVAL = CorpusSpec("eval", SEED, stream_voice, (0.0, 0.5))
 
 
 def rendition(v: dict, uid: str, text: str, label: str) -> Rendition:
-    """Say `text` with voice `v` (foreign festival voices: word by word respelled, `v["lang"]`)."""
+    """Say `text` with voice `v` (foreign festival and espeak-ng voices: word by word respelled, `v["lang"]`)."""
     said = text
     if v.get("lang", "en") != "en":
-        said = " ".join(respell_for(v["lang"], w.lower()) for w in words_of(text))
+        respell = respell_for_espeak if v["engine"] == "espeak-foreign" else respell_for
+        said = " ".join(respell(v["lang"], w.lower()) for w in words_of(text))
     return Rendition(uid, v["engine"], v["voice"], text, label, said, v["rate"], v["pitch"], v["tempo"],
                      v["cents"], None, v.get("params"))
 

@@ -37,8 +37,8 @@ import numpy as np
 from . import KEYWORDS, SAMPLE_RATE
 from .evalcorpus import rendition
 from .lexicon import near_words_in
-from .synth import (ALL_ENGINES, ESPEAK_ACCENTS, FESTIVAL_VOICES, FLITE_VOICES, REVERB_P, Rendition,
-                    espeak_variants, gnuspeech_voice, install_tools, render)
+from .synth import (ALL_ENGINES, ESPEAK_ACCENTS, ESPEAK_FOREIGN_LANGS, FESTIVAL_VOICES, FLITE_VOICES, REVERB_P,
+                    Rendition, espeak_variants, gnuspeech_voice, install_tools, render)
 from .textgen import lexicon, sentence
 
 SEED = 20261130
@@ -54,6 +54,10 @@ def track_voice(engine: str, rng: random.Random, variants: list[str]) -> dict:
     v: dict = {"engine": engine, "tempo": None, "cents": None, "lang": "en", "params": None}
     if engine == "espeak":
         v.update(voice=f"{rng.choice(ESPEAK_ACCENTS)}+{rng.choice(variants)}",
+                 rate=float(rng.randint(120, 220)), pitch=float(rng.randint(20, 80)))
+    elif engine == "espeak-foreign":
+        lang = rng.choice(ESPEAK_FOREIGN_LANGS)
+        v.update(voice=f"{lang}+{rng.choice(variants)}", lang=lang,
                  rate=float(rng.randint(120, 220)), pitch=float(rng.randint(20, 80)))
     elif engine in FLITE_VOICES:
         v.update(voice=FLITE_VOICES[engine], rate=rng.uniform(0.8, 1.35), pitch=rng.uniform(0.75, 1.4))
@@ -141,7 +145,7 @@ def build_track(args) -> tuple[str, int, np.ndarray, dict]:
 def synth_engine(engine: str, minutes: float, seed: int, out: Path, workers: int,
                  seconds: float = TRACK_SECONDS) -> dict:
     """All tracks of one engine into out/negspeech/<engine>.{npz,jsonl}."""
-    variants = espeak_variants() if engine == "espeak" else []
+    variants = espeak_variants() if engine in ("espeak", "espeak-foreign") else []
     n_tracks = max(1, int(np.ceil(minutes * 60 / seconds)))
     t0, c0 = time.time(), _cpu()
     audio, offsets, meta = [], [0], []

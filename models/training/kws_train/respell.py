@@ -405,6 +405,26 @@ _RENDER = {"it": _render_it, "cs": _render_cs, "fi": _render_fi, "ca": _render_c
 KEYWORD_RESPELLINGS: dict[str, dict[str, str]] = {"ca": {"right": "rait"}}
 
 
+#: What espeak-ng's voice of a language reads differently from the festival voice the respelling was
+#: made for: espeak-ng's Italian says "j" as /dZ/ (the festival voices as /j/), its Russian reads the
+#: festival stress mark "+" as the word "plus" (it places the stress itself), and its Hindi and
+#: Marathi read "ॉ" as /O/ (so "no" and "go" become "naw", "gaw"; the NSK voice needs the sign).
+_ESPEAK_FIXUPS = {
+    "it": lambda t: t.replace("j", "i"),
+    "ru": lambda t: t.replace("+", ""),
+    "hi": lambda t: t.replace("ॉ", "ो"),
+    "mr": lambda t: t.replace("ॉ", "ो"),
+}
+
+
+def respell_for_espeak(lang: str, word: str) -> str:
+    """Text for espeak-ng's voice of language `lang` (engine `espeak-foreign`): the festival
+    respelling with the fixes that voice needs."""
+    text = respell_for(lang, word)
+    fix = _ESPEAK_FIXUPS.get(lang)
+    return fix(text) if fix else text
+
+
 @functools.lru_cache(maxsize=None)
 def respell_for(lang: str, word: str) -> str:
     """Text for a voice of language `lang` that sounds as much as possible like English `word`."""

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import KEYWORDS, SAMPLE_RATE, UNKNOWN
-from .respell import respell_for
+from .respell import respell_for, respell_for_espeak
 
 APT_PACKAGES = [
     "espeak-ng", "flite", "festival", "festvox-kallpc16k", "freetts", "default-jre-headless", "sox",
@@ -85,13 +85,17 @@ GNUSPEECH_DIR = Path(__file__).resolve().parents[1] / "gnuspeech"
 #: Engines of the model issue (English voices) and the extra ones of the generalization issue.
 BASE_ENGINES = ["espeak", "flite-kal16", "flite-awb", "flite-rms", "festival-kal", "freetts-kevin16"]
 FOREIGN_ENGINES = [e for e in FESTIVAL_VOICES if e != "festival-kal"]
+#: espeak-ng's voices of the festival voices' other languages reading the same respelled English words
+#: (engine `espeak-foreign`, one family): English with eight accents, from an allowed synthesizer.
+#: Added for the verifier's training windows (models/RESEARCH.md round 9); `voice` is "<lang>+<variant>".
+ESPEAK_FOREIGN_LANGS = ["it", "cs", "fi", "ru", "ca", "hi", "mr", "te"]
 #: Engines of the detection-quality issue.
-NEW_ENGINES = ["gnuspeech"]
+NEW_ENGINES = ["gnuspeech", "espeak-foreign"]
 ALL_ENGINES = BASE_ENGINES + FOREIGN_ENGINES + NEW_ENGINES
 
 #: Renditions per keyword for each engine at --scale 1; unknown words get UNKNOWN_FACTOR times that.
 PER_KEYWORD = {"espeak": 400, "flite-kal16": 80, "flite-awb": 80, "flite-rms": 80, "festival-kal": 80,
-               "freetts-kevin16": 80, "gnuspeech": 200}
+               "freetts-kevin16": 80, "gnuspeech": 200, "espeak-foreign": 320}
 PER_KEYWORD_FOREIGN = 40
 UNKNOWN_FACTOR = 3
 REVERB_P = 0.3
@@ -172,6 +176,11 @@ def plan(engines: list[str], scale: float, seed: int) -> list[Rendition]:
                 voice = f"{rng.choice(ESPEAK_ACCENTS)}+{rng.choice(variants)}"
                 rate, pitch = float(rng.randint(120, 220)), float(rng.randint(20, 80))
                 text = word
+            elif engine == "espeak-foreign":
+                lang = rng.choice(ESPEAK_FOREIGN_LANGS)
+                voice = f"{lang}+{rng.choice(variants)}"
+                rate, pitch = float(rng.randint(120, 220)), float(rng.randint(20, 80))
+                text = respell_for_espeak(lang, word)
             elif engine in FLITE_VOICES:
                 voice = FLITE_VOICES[engine]
                 rate, pitch = rng.uniform(0.8, 1.35), rng.uniform(0.75, 1.4)
@@ -309,7 +318,7 @@ def _synth_batch(args: tuple[list[Rendition], str] | tuple[list[Rendition], str,
         tmp = Path(d)
         engine = batch[0].engine
         raws: dict[str, Path] = {}
-        if engine == "espeak":
+        if engine in ("espeak", "espeak-foreign"):
             for r in batch:
                 raw = tmp / f"{r.uid.replace(':', '_')}.raw.wav"
                 _run(["espeak-ng", "-v", r.voice, "-s", str(int(r.rate)), "-p", str(int(r.pitch)),

@@ -48,3 +48,35 @@ def test_negative_track_end_to_end():
     assert all(not keywords_in(s["text"]) for s in segs if s["kind"] == "sentence")
     _, _, pcm2, _ = build_track(("espeak", 0, 11, 6.0, plan_track("espeak", 0, 11, synth.espeak_variants(), 6.0)))
     assert np.array_equal(pcm, pcm2)
+
+
+def test_espeak_foreign_text_fixups():
+    from kws_train.respell import _ESPEAK_FIXUPS
+
+    # The festival respellings that espeak-ng's voices would misread (no engine needed for these).
+    assert _ESPEAK_FIXUPS["it"]("jès") == "iès"  # espeak-ng Italian: "j" = /dZ/
+    assert _ESPEAK_FIXUPS["ru"]("ст+ап") == "стап"  # "+" would be read as "plus"
+    assert _ESPEAK_FIXUPS["hi"]("नॉ") == "नो" and _ESPEAK_FIXUPS["mr"]("गॉ") == "गो"
+    assert set(_ESPEAK_FIXUPS) <= set(synth.ESPEAK_FOREIGN_LANGS)
+
+
+@pytest.mark.skipif(not (HAS_SOX and shutil.which("espeak-ng") and Path("/usr/share/dict/words").exists()),
+                    reason="espeak-ng, sox or wamerican missing")
+def test_espeak_foreign_reads_respelled_keywords_in_every_language():
+    import subprocess
+
+    from kws_train.respell import respell_for_espeak
+
+    rends = synth.plan(["espeak-foreign"], 0.1, 5)
+    langs = {r.voice.split("+")[0] for r in rends}
+    assert langs == set(synth.ESPEAK_FOREIGN_LANGS)
+    kw = [r for r in rends if r.label == "yes"][:4] + [r for r in rends if r.label == "down"][:4]
+    for r, x in zip(kw, synth.render(kw)):
+        assert x is not None and 0.05 * 16000 <= len(x) <= 16000, r
+        assert r.text == respell_for_espeak(r.voice.split("+")[0], r.word) and r.text != r.word
+    # What the voice says (espeak-ng's phonemes): an English-like "yes" and "down", not "dZes" or "plus".
+    for lang in synth.ESPEAK_FOREIGN_LANGS:
+        said = {w: subprocess.run(["espeak-ng", "-q", "-x", "-v", lang, respell_for_espeak(lang, w)],
+                                  capture_output=True, text=True, check=True).stdout.strip() for w in ("yes", "down")}
+        assert said["yes"].lstrip("'").startswith("j") and "dZ" not in said["yes"], (lang, said)
+        assert said["down"].startswith("d") and "pl'jus" not in said["down"], (lang, said)

@@ -19,13 +19,14 @@ from kws_train.lexicon import keywords_in, near_words_in  # noqa: E402
 from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 
 HAS_WORDS = Path("/usr/share/dict/words").exists()
-#: Every recipe that existed before the negative-speech keys (the e* research arms and the v* verifier
+#: Every recipe that existed before the negative-speech keys (the e* and f* research arms and the v* verifier
 #: window configs use them, and so do TC-ResNet8 since 2.1.0, its streamable variant since
 #: 2.1.0-streaming and the streamable TC-ResNet14-1.5: their recipe is the e6 arm's).
 E6_CONFIGS = ("tc-resnet8.toml", "tc-resnet8-stream.toml", "tc-resnet14-1.5-stream.toml")
 CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml")
-                 if not p.name.startswith(("e", "v")) and p.name not in E6_CONFIGS)
+                 if not p.name.startswith(("e", "f", "v")) and p.name not in E6_CONFIGS)
 NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
+                   *(TRAINING / "configs" / "research").glob("f*.toml"),
                    *(TRAINING / "configs" / "research").glob("v*.toml")])
 
 
