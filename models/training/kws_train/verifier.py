@@ -24,6 +24,7 @@ Subcommands (run from models/training with the training venv):
   unpack    --wheel openwakeword-0.4.0-py3-none-any.whl --out data/oww
   windows   --data data --out runs/verifier/win-0.npz --count 3000 --seed 0 [--mined data/mined/x.jsonl]
   train     --windows runs/verifier/win-*.npz --out runs/verifier
+  average   --heads runs/a/head.pt runs/b/head.pt --out runs/avg  (one head: the mean of several seeds' probabilities)
   embed     --manifest data/valcorpus/manifest.jsonl --cache runs/verifier/val-cache (first stage + embeddings)
   cascade   --cache runs/verifier/val-cache --head runs/verifier/head.pt --json cascade.json
   clips     --data data --head ../tc-resnet8/verifier/head.onnx --model-dir ../tc-resnet8  (held-out awb clips;
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -442,7 +444,8 @@ def cmd_train(a) -> None:
 
 
 def export_head(net, path: Path) -> None:
-    """Head as ONNX (input `embeddings` [N, 9, 96] -> `probs` [N, 12]); skipped without the onnx package."""
+    """Head as ONNX (input `embeddings` [N, 9, 96] -> `probs` [N, 12]); skipped without the onnx package.
+    An averaged head (`HeadMean`) is exported as the mean of its members' probabilities."""
     import torch
 
     try:
@@ -450,20 +453,79 @@ def export_head(net, path: Path) -> None:
     except ImportError:
         print("onnx not installed: head.onnx not written", file=sys.stderr)
         return
-    wrapped = torch.nn.Sequential(net, torch.nn.Softmax(dim=1))
+    wrapped = net.probs_module() if isinstance(net, _head_mean_class()) else torch.nn.Sequential(net, torch.nn.Softmax(dim=1))
     torch.onnx.export(wrapped, torch.zeros(1, WINDOW_EMB, EMB_DIM), str(path), input_names=["embeddings"],
                       output_names=["probs"], dynamic_axes={"embeddings": {0: "n"}, "probs": {0: "n"}},
                       opset_version=17, dynamo=False)
 
 
+@functools.cache
+def _head_mean_class():
+    import torch
+
+    class HeadMean(torch.nn.Module):
+        """Heads trained alike from different seeds, averaged: the mean of their class probabilities.
+        `forward` returns its log (the logits convention of a single head: softmax gives the mean back)."""
+
+        def __init__(self, members):
+            super().__init__()
+            self.members = torch.nn.ModuleList(members)
+
+        def mean_probs(self, x):
+            return torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+
+        def forward(self, x):
+            return torch.log(self.mean_probs(x).clamp_min(1e-30))
+
+        def probs_module(self):
+            outer = self
+
+            class Probs(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.inner = outer
+
+                def forward(self, x):
+                    return self.inner.mean_probs(x)
+
+            return Probs()
+
+    return HeadMean
+
+
 def load_head(path: Path):
+    """A head checkpoint (`head.pt`): one network, or the members of an averaged head (`verifier average`)."""
     import torch
 
     ck = torch.load(path, map_location="cpu")
-    net = make_head(ck["hidden"], ck["dropout"], ck.get("arch", "mlp"))
-    net.load_state_dict(ck["state"])
+    if "members" in ck:
+        net = _head_mean_class()([_net_of(m) for m in ck["members"]])
+    else:
+        net = _net_of(ck)
     net.eval()
     return net
+
+
+def _net_of(ck: dict):
+    net = make_head(ck["hidden"], ck["dropout"], ck.get("arch", "mlp"))
+    net.load_state_dict(ck["state"])
+    return net
+
+
+def cmd_average(a) -> None:
+    """One head from several checkpoints of the same recipe (other seeds): the mean of their probabilities, as
+    one ONNX graph with the single head's input and output (the Rust verifier runs it unchanged)."""
+    import torch
+
+    cks = [torch.load(p, map_location="cpu") for p in a.heads]
+    if len(cks) < 2 or any("members" in c for c in cks):
+        raise SystemExit("average: give two or more single-head checkpoints (head.pt)")
+    members = [{k: c[k] for k in ("state", "hidden", "dropout", "arch") if k in c} for c in cks]
+    a.out.mkdir(parents=True, exist_ok=True)
+    torch.save({"members": members, "sources": [str(p) for p in a.heads]}, a.out / "head.pt")
+    net = load_head(a.out / "head.pt")
+    export_head(net, a.out / "head.onnx")
+    print(json.dumps({"members": len(members), "out": str(a.out / "head.onnx")}))
 
 
 def head_file_probs(path: Path, views: np.ndarray) -> np.ndarray:
@@ -957,6 +1019,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--reject-weight", type=float, default=2.0)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--threads", type=int, default=1)
+    s = sub.add_parser("average")
+    s.add_argument("--heads", nargs="+", type=Path, required=True, help="head.pt of each member")
+    s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("embed")
     s.add_argument("--manifest", type=Path, required=True)
     s.add_argument("--model-dir", type=Path, default=Path("../tc-resnet8"))
@@ -1006,7 +1071,7 @@ def main(argv: list[str] | None = None) -> None:
             s.add_argument("--features", type=Path, help="directory with the two feature models (default data/oww)")
     a = p.parse_args(argv)
     {"unpack": lambda: unpack(a.wheel, a.out), "windows": lambda: cmd_windows(a), "train": lambda: cmd_train(a),
-     "embed": lambda: cmd_embed(a), "cascade": lambda: cmd_cascade(a), "clips": lambda: cmd_clips(a),
+     "average": lambda: cmd_average(a), "embed": lambda: cmd_embed(a), "cascade": lambda: cmd_cascade(a), "clips": lambda: cmd_clips(a),
      "cost": lambda: cmd_cost(a), "clip-table": lambda: cmd_clip_table(a), "table": lambda: cmd_table(a)}[a.cmd]()
 
 

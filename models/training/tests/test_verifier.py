@@ -112,6 +112,27 @@ def test_head_shapes():
     assert torch is not None
 
 
+def test_averaged_head_is_the_mean_of_its_members(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from kws_train.verifier import head_file_probs, head_probs, load_head, main, make_head
+
+    views = np.random.default_rng(2).standard_normal((6, WINDOW_EMB, EMB_DIM)).astype(np.float32)
+    members = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        net = make_head(16, 0.0, "conv").eval()
+        torch.save({"state": net.state_dict(), "hidden": 16, "dropout": 0.0, "arch": "conv"}, tmp_path / f"{seed}.pt")
+        members.append(head_probs(net, views))
+    main(["average", "--heads", *(str(tmp_path / f"{s}.pt") for s in (1, 2, 3)), "--out", str(tmp_path / "avg")])
+    mean = np.mean(members, axis=0)
+    assert np.abs(members[0] - mean).max() > 1e-3  # the members differ, so the test can tell them apart
+    np.testing.assert_allclose(head_file_probs(tmp_path / "avg" / "head.onnx", views), mean, atol=1e-6)
+    np.testing.assert_allclose(head_probs(load_head(tmp_path / "avg" / "head.pt"), views), mean, atol=1e-5)
+    with pytest.raises(SystemExit):  # an average of averages (or of one head) is refused
+        main(["average", "--heads", str(tmp_path / "avg" / "head.pt"), str(tmp_path / "1.pt"), "--out", str(tmp_path / "x")])
+
+
 def test_clip_range_matches_the_rust_fixture():
     """`verifier_golden.clip_range` (the Rust crate's `View::at(..).clip()`) against the committed
     table of tests/fixtures/verifier/clips.json, and its edge rules."""
