@@ -39,6 +39,11 @@ ENGINES=$ENGINES,festival-cs-krb,festival-cs-machac,festival-cs-ph,festival-fi-l
 ENGINES=$ENGINES,festival-ca-ona,festival-hi,festival-mr,festival-te,gnuspeech
 [ -f data/negspeech/gnuspeech.npz ] || \
   "$PY" -m kws_train.negspeech --out data --minutes "${NEGSPEECH_MINUTES:-3}" --workers 2 --engines "$ENGINES"
+# espeak-ng's voices of eight other languages (engine `espeak-foreign`, in `synth`'s default engines): 8 minutes
+# of their speech for the verifier's v4 windows below (no first-stage recipe trains on them). Before `mine`,
+# which scores every engine's tracks.
+[ -f data/negspeech/espeak-foreign.npz ] || \
+  "$PY" -m kws_train.negspeech --out data --minutes 8 --workers 2 --engines espeak-foreign
 if [ "${VALCORPUS:-0}" = 1 ]; then
   "$PY" -m kws_train.valcorpus --out data/valcorpus      # streams for selecting checkpoints/thresholds
 fi
@@ -86,7 +91,7 @@ done
 
 # Second stage (models 2.0.0): the verifier head on the speech-embedding features (models/speech-embedding;
 # deploy/fetch-speech-embedding.sh re-extracts them), trained on 36 000 synthesized 2.3-s windows (TC-ResNet8 since
-# 2.4.0: 60 000, some of them voice-converted, below); then per
+# 2.4.0: 60 000, some of them voice-converted, below; since 2.5.0 twelve heads averaged); then per
 # model the cascade's first-stage threshold (one of 0.5-0.99) and one verifier threshold for all keywords,
 # calibrated on the validation streams to an FA/h budget with the verifier run per candidate clip as the Rust crate
 # runs it, and the cascade golden. Several CPU hours on 2 cores (each 12 000-window run ~6 CPU min of
@@ -101,16 +106,41 @@ if [ "${VERIFIER:-1}" = 1 ]; then
   done
   "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
     --out runs/verifier/head --epochs 40 --arch conv --val-frac 0.1
-  # TC-ResNet8's head since 2.4.0 (models/RESEARCH.md round 8): the same recipe on 60 000 windows, the
+  # TC-ResNet8's head in 2.4.0 (models/RESEARCH.md round 8): the same recipe on 60 000 windows, the
   # 36 000 above plus 12 000 more and 12 000 with WORLD voice-converted copies of half of every training
-  # engine's clips (needs pyworld: requirements-vc.txt; awb and the validation accents stay out).
+  # engine's clips (needs pyworld: requirements-vc.txt; awb and the validation accents stay out); since
+  # 2.5.0 the pool `b60` of the averaged head below.
   "$VENV/bin/pip" install -q -r requirements-vc.txt
   [ -f data/vc/gnuspeech.npz ] || "$PY" -m kws_train.voiceconv --data data --engines "$ENGINES" --fraction 0.5 --workers 2
   "$PY" -m kws_train.verifier windows --data data --config configs/research/v3-voiceconv.toml \
     --mined data/mined/tc8-int8-0.3.jsonl --out runs/verifier/win-10-vc.npz --count 12000 --seed 10
-  "$PY" -m kws_train.verifier train --windows runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz \
-    runs/verifier/win-10.npz runs/verifier/win-10-vc.npz --out runs/verifier/head-60k --epochs 40 --arch conv --val-frac 0.1
-  declare -A HEAD=([tc-resnet8]=runs/verifier/head-60k/head.onnx)
+  # TC-ResNet8's head since 2.5.0 (models/RESEARCH.md round 9): twelve heads averaged (`verifier average`: one
+  # graph, the mean of their probabilities): the recipe above with seeds 1-3 on each of four window pools,
+  # the 60 000 windows; + 24 000 more of the same two kinds; + 24 000 with espeak-foreign clips and speech
+  # (configs/research/v4-espeak-foreign.toml); + all 48 000 (108 000). ~3 min per head on 2 threads.
+  "$PY" -m kws_train.verifier windows --data data --config configs/research/v2-voices.toml \
+    --mined data/mined/tc8-int8-0.3.jsonl --out runs/verifier/win-11.npz --count 12000 --seed 11
+  "$PY" -m kws_train.verifier windows --data data --config configs/research/v3-voiceconv.toml \
+    --mined data/mined/tc8-int8-0.3.jsonl --out runs/verifier/win-11-vc.npz --count 12000 --seed 11
+  for s in 11 12; do
+    "$PY" -m kws_train.verifier windows --data data --config configs/research/v4-espeak-foreign.toml \
+      --mined data/mined/tc8-int8-0.3.jsonl --out "runs/verifier/win-$s-ef.npz" --count 12000 --seed "$s"
+  done
+  W60="runs/verifier/win-7.npz runs/verifier/win-8.npz runs/verifier/win-9.npz runs/verifier/win-10.npz runs/verifier/win-10-vc.npz"
+  declare -A POOL=([b60]="$W60" [a84]="$W60 runs/verifier/win-11.npz runs/verifier/win-11-vc.npz"
+                   [ef84]="$W60 runs/verifier/win-11-ef.npz runs/verifier/win-12-ef.npz"
+                   [ef108]="$W60 runs/verifier/win-11.npz runs/verifier/win-11-vc.npz runs/verifier/win-11-ef.npz runs/verifier/win-12-ef.npz")
+  members=()
+  for pool in b60 a84 ef84 ef108; do
+    for seed in 1 2 3; do
+      # shellcheck disable=SC2086
+      "$PY" -m kws_train.verifier train --windows ${POOL[$pool]} --out "runs/verifier/head-$pool-s$seed" \
+        --epochs 40 --arch conv --val-frac 0.1 --seed "$seed"
+      members+=("runs/verifier/head-$pool-s$seed/head.pt")
+    done
+  done
+  "$PY" -m kws_train.verifier average --heads "${members[@]}" --out runs/verifier/head-avg12
+  declare -A HEAD=([tc-resnet8]=runs/verifier/head-avg12/head.onnx)
   # Candidate rule and budget (models/RESEARCH.md round 7): since 2.3.0 TC-ResNet8 and its streaming
   # twin propose a candidate when the keywords' summed smoothed score reaches t1 (`keyword_mass`) and are
   # calibrated to 2 FA/h; TC-ResNet14-1.5 keeps the highest keyword's score and 5 FA/h (the rule did not
