@@ -98,7 +98,7 @@ async fn run(cfg: LoadConfig) -> RunReport {
 async fn four_real_time_streams_lose_no_event() {
     let (addr, _stop) = server(16).await;
     let r = run(config(&addr, 4, 3_000, 500, vec![16_000, 48_000])).await;
-    // The cascade (TC-ResNet8 2.4.0) finds "yes" and "stop" in the golden stream's first 3 s, at
+    // The cascade (TC-ResNet8 2.5.0) finds "yes" and "stop" in the golden stream's first 3 s, at
     // both rates.
     assert_eq!(r.expected_per_stream, vec![2, 2]);
     let s = &r.steps[0];
@@ -128,7 +128,7 @@ async fn first_stage_only_streams_get_the_first_stages_events() {
     let mut cfg = config(&addr, 2, 3_000, 500, vec![16_000]);
     cfg.step.first_stage_only = true;
     let r = run(cfg).await;
-    // The first stage alone, at its own per-keyword thresholds (2.2.0 = 2.4.0, 300-ms smoothing), finds the
+    // The first stage alone, at its own per-keyword thresholds (2.2.0 = 2.5.0, 300-ms smoothing), finds the
     // golden stream's "yes" and "stop" in its first 3 s, as the cascade does.
     assert!(r.first_stage_only);
     assert_eq!(r.expected_per_stream, vec![2]);
