@@ -528,6 +528,7 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                         "thresholds": v.thresholds.iter().map(|(k, t)| (k.clone(), json!(t)))
                             .collect::<serde_json::Map<_, _>>(),
                         "embeddings_per_view": v.embeddings_per_view, "centre_offset_ms": v.centre_offset_ms,
+                        "view_shifts": v.view_shifts,
                         "reject_gap_ms": v.reject_gap_ms, "licence": v.licence}))})
             })
             .collect();
@@ -593,7 +594,7 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                 })
                 .collect();
             println!(
-                "  cascade: candidates when {} >= {}, verifier {} ({} embeddings per view), verdicts: {}",
+                "  cascade: candidates when {} >= {}, verifier {} ({} embeddings per view{}), verdicts: {}",
                 if v.candidate_rule.is_empty() {
                     "best_keyword"
                 } else {
@@ -602,6 +603,11 @@ async fn models(conn: &ConnArgs, name: Option<String>, json_out: bool) -> u8 {
                 eval::fmt_threshold(f64::from(v.first_stage_threshold)),
                 v.head_path,
                 v.embeddings_per_view,
+                if v.view_shifts > 0 {
+                    format!(", the least of {} views 80 ms apart", 2 * v.view_shifts + 1)
+                } else {
+                    String::new()
+                },
                 verdicts.join(" ")
             );
             println!("  verifier licence: {}", v.licence);

@@ -6,7 +6,8 @@
 //! cargo run --release -p kws-models --example verifier_cost [MODEL_DIR] [SECONDS_PER_POINT]
 //! ```
 //! MODEL_DIR: a model directory whose manifest has a `verifier` section (default: the test fixture
-//! `models/tests/fixtures/verifier`, the research head). Clips are 22 880 samples of noise at
+//! `models/tests/fixtures/verifier`, the research head). Clips are full clips of the manifest's view
+//! and shifted views (22 880 samples for 9 embeddings, 25 440 with `view_shifts` 1) of noise at
 //! −20 dBFS (the cost does not depend on the audio). Prints per candidate: the whole call, the
 //! features (one mel run per clip + one embedding run per batch) and the head.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -14,7 +15,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kws_models::verifier::{CLIP_SAMPLES, Clip, HEAD_CLASSES};
+use kws_models::verifier::{Clip, HEAD_CLASSES, clip_samples};
 use kws_models::{Manifest, ScorerOptions, Verifier};
 
 #[path = "../benches/common/mod.rs"]
@@ -67,7 +68,7 @@ fn main() {
     let mut seed = 1u32;
     let audio: Vec<Vec<f32>> = (0..16)
         .map(|_| {
-            (0..CLIP_SAMPLES)
+            (0..clip_samples(v.clip_embeddings()))
                 .map(|_| {
                     seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                     (seed >> 8) as f32 / (1u32 << 24) as f32 * 0.2 - 0.1
@@ -77,8 +78,9 @@ fn main() {
         .collect();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "verifier cost, {} ({}), 1 intra-op thread, {seconds} s of CPU per point; load average {}",
+        "verifier cost, {} ({} shifted views a side), {}, 1 intra-op thread, {seconds} s of CPU per point; load average {}",
         v.head_path().display(),
+        v.view_shifts(),
         kws_models::cpu::detect().features_string(),
         load.split_whitespace().next().unwrap_or("?")
     );

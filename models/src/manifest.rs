@@ -294,7 +294,7 @@ pub struct VerifierFile {
 ///                "mel": {"path": "melspectrogram.onnx", "sha256": "ba2b…"},
 ///                "embedding": {"path": "embedding_model.onnx", "sha256": "ba75…"}},
 ///   "head": {"path": "verifier/head.onnx", "sha256": "…"},
-///   "embeddings_per_view": 9, "centre_offset_ms": 0,
+///   "embeddings_per_view": 9, "centre_offset_ms": 0, "view_shifts": 1,
 ///   "candidate_rule": "keyword_mass",
 ///   "first_stage_threshold": 0.7, "thresholds": {"yes": 0.9, …}, "reject_gap_ms": 200,
 ///   "licence": "…"
@@ -313,6 +313,13 @@ pub struct VerifierSpec {
     pub embeddings_per_view: usize,
     /// The view is centred on the candidate time plus this (ms).
     pub centre_offset_ms: i32,
+    /// Shifted views on each side of the candidate's view: the verdict's probabilities are, per
+    /// class, the minimum of the head's over the `2 · view_shifts + 1` views of
+    /// `embeddings_per_view` embeddings shifted by `−view_shifts..=view_shifts` embeddings (80 ms
+    /// each), all cut from one clip of [`clip_embeddings`](Self::clip_embeddings) embeddings centred
+    /// where the single view is. 0 (absent: manifests before 2.6.0): the candidate's view alone.
+    #[serde(default)]
+    pub view_shifts: usize,
     /// What the first stage compares with t1; `best_keyword` when absent (manifests before 2.3.0).
     #[serde(default)]
     pub candidate_rule: crate::cascade::CandidateRule,
@@ -337,10 +344,18 @@ pub struct FeatureModels {
     pub embedding: VerifierFile,
 }
 
+/// Largest `view_shifts` accepted.
+pub const MAX_VIEW_SHIFTS: usize = 4;
+
 /// Largest |centre_offset_ms| accepted.
 pub const MAX_VERIFIER_OFFSET_MS: i32 = 2000;
 
 impl VerifierSpec {
+    /// Embeddings of a candidate's clip: the view and the shifted views around it.
+    pub fn clip_embeddings(&self) -> usize {
+        self.embeddings_per_view + 2 * self.view_shifts
+    }
+
     fn validate(&self, keywords: &[String]) -> Result<(), String> {
         for (what, f) in [
             ("features.mel", &self.features.mel),
@@ -364,6 +379,14 @@ impl VerifierSpec {
             return Err(format!(
                 "embeddings_per_view {} is not supported: use 1..={}",
                 self.embeddings_per_view,
+                crate::verifier::MAX_VIEW_EMBEDDINGS
+            ));
+        }
+        if self.view_shifts > MAX_VIEW_SHIFTS || self.clip_embeddings() > crate::verifier::MAX_VIEW_EMBEDDINGS
+        {
+            return Err(format!(
+                "view_shifts {} is not supported: use 0..={MAX_VIEW_SHIFTS}, with embeddings_per_view + 2 · view_shifts <= {}",
+                self.view_shifts,
                 crate::verifier::MAX_VIEW_EMBEDDINGS
             ));
         }

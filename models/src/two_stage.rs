@@ -37,8 +37,9 @@ pub struct CascadeSettings {
     /// `verifier.thresholds`, replaced by the stream's own per-keyword thresholds) and its
     /// `refractory_ms` is the stream decoder's.
     pub config: CascadeConfig,
-    /// Embeddings per verifier view.
-    pub embeddings_per_view: usize,
+    /// Embeddings per verifier clip: the head's view plus the shifted views around it
+    /// ([`crate::manifest::VerifierSpec::clip_embeddings`]).
+    pub clip_embeddings: usize,
     /// The view is centred on the candidate time plus this (ms).
     pub centre_offset_ms: i32,
 }
@@ -50,7 +51,7 @@ impl CascadeSettings {
         let v = manifest.verifier.as_ref()?;
         Some(Self {
             config: CascadeConfig::from_manifest(manifest)?,
-            embeddings_per_view: v.embeddings_per_view,
+            clip_embeddings: v.clip_embeddings(),
             centre_offset_ms: v.centre_offset_ms,
         })
     }
@@ -60,7 +61,7 @@ impl CascadeSettings {
         View::at(
             ((start_ms + end_ms) / 2) as i64,
             i64::from(self.centre_offset_ms),
-            self.embeddings_per_view,
+            self.clip_embeddings,
         )
     }
 }
@@ -68,7 +69,7 @@ impl CascadeSettings {
 /// Samples of the ring for `settings`: the longer of one clip and the reach of a window's clip back
 /// from the window's end, plus [`RING_SLACK_SAMPLES`].
 pub fn ring_samples(settings: &CascadeSettings) -> usize {
-    let view = settings.embeddings_per_view.max(1);
+    let view = settings.clip_embeddings.max(1);
     // A 1-s window ending at 1 000 s; its clip starts `back` samples before the window's end.
     let end_ms = 1_000_000u64;
     let r = settings.view(end_ms - 1000, end_ms).clip();
@@ -279,7 +280,7 @@ impl SecondStage {
         ClipRange {
             start: last * hop,
             end: last * hop + MIN_CLIP_SAMPLES as u64,
-            lead: self.settings.embeddings_per_view.max(1) - 1,
+            lead: self.settings.clip_embeddings.max(1) - 1,
         }
     }
 }
@@ -298,7 +299,7 @@ mod tests {
                 reject_gap_ms: 200,
                 max_backlog: 250,
             },
-            embeddings_per_view: 9,
+            clip_embeddings: 9,
             centre_offset_ms: 0,
         }
     }

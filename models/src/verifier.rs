@@ -253,6 +253,28 @@ pub fn check_clip(index: usize, clip: &Clip<'_>, view: usize) -> Result<usize, V
     Ok(embeddings_in(mel_frames(n)).min(view - clip.lead))
 }
 
+/// The verdict's probabilities of each clip from the head's probabilities of its `per` views
+/// (`probs`: `[N · per, 12]`, a clip's views consecutive) into `out` (`[N, 12]`): per class the
+/// minimum over the views, so a keyword must be heard in every view (`combine_views` in the
+/// research code). `per` 1 copies.
+pub fn combine_views(probs: &[f32], per: usize, out: &mut [f32]) {
+    let per = per.max(1);
+    for (row, views) in out
+        .chunks_exact_mut(HEAD_CLASSES)
+        .zip(probs.chunks_exact(per * HEAD_CLASSES))
+    {
+        row.copy_from_slice(&views[..HEAD_CLASSES]);
+        for view in views.chunks_exact(HEAD_CLASSES).skip(1) {
+            for (o, &p) in row.iter_mut().zip(view) {
+                // `min` would drop a NaN; keep it, so a broken head never accepts.
+                if p < *o || p.is_nan() {
+                    *o = p;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(feature = "onnx")]
 pub use onnx::{Verifier, VerifierFiles};
 
@@ -304,6 +326,7 @@ mod onnx {
         head: Session,
         names: [(String, String); 3],
         view: usize,
+        shifts: usize,
         head_path: PathBuf,
         mel_in: Vec<f32>,
         frames: Vec<f32>,
@@ -317,6 +340,7 @@ mod onnx {
             f.debug_struct("Verifier")
                 .field("head", &self.head_path)
                 .field("view", &self.view)
+                .field("view_shifts", &self.shifts)
                 .finish()
         }
     }
@@ -380,23 +404,34 @@ mod onnx {
                 }));
             };
             let files = spec.read_verified(manifest.dir())?;
-            Self::new(&files, spec.embeddings_per_view, manifest.num_classes(), options)
+            Self::new(
+                &files,
+                spec.embeddings_per_view,
+                spec.view_shifts,
+                manifest.num_classes(),
+                options,
+            )
         }
 
-        /// Build from files already read: views of `view` embeddings, heads with `classes` outputs
-        /// (must be [`HEAD_CLASSES`]).
+        /// Build from files already read: views of `view` embeddings, `shifts` shifted views on each
+        /// side of a clip's view (its clips hold `view + 2 · shifts` embeddings; the manifest's
+        /// `verifier.view_shifts`), heads with `classes` outputs (must be [`HEAD_CLASSES`]).
         pub fn new(
             files: &VerifierFiles,
             view: usize,
+            shifts: usize,
             classes: usize,
             options: &ScorerOptions,
         ) -> Result<Self, RuntimeError> {
             let env = init_runtime(options.library.as_deref())?;
-            if classes != HEAD_CLASSES || !(1..=MAX_VIEW_EMBEDDINGS).contains(&view) {
+            if classes != HEAD_CLASSES
+                || !(1..=MAX_VIEW_EMBEDDINGS).contains(&view)
+                || view + 2 * shifts > MAX_VIEW_EMBEDDINGS
+            {
                 return Err(RuntimeError::Model(ModelError::Shape {
                     path: files.head.0.clone(),
                     reason: format!(
-                        "{classes} classes and views of {view} embeddings; supported: {HEAD_CLASSES} classes, 1..={MAX_VIEW_EMBEDDINGS} embeddings"
+                        "{classes} classes, views of {view} embeddings and {shifts} shifted views a side; supported: {HEAD_CLASSES} classes, clips of 1..={MAX_VIEW_EMBEDDINGS} embeddings"
                     ),
                 }));
             }
@@ -421,6 +456,7 @@ mod onnx {
                 head,
                 names: [(mi, mo), (ei, eo), (hi, ho)],
                 view,
+                shifts,
                 head_path: files.head.0.clone(),
                 mel_in: Vec::new(),
                 frames: Vec::new(),
@@ -430,9 +466,24 @@ mod onnx {
             })
         }
 
-        /// Embeddings per view.
+        /// Embeddings per view (the head's input).
         pub fn view_len(&self) -> usize {
             self.view
+        }
+
+        /// Shifted views on each side of a clip's view.
+        pub fn view_shifts(&self) -> usize {
+            self.shifts
+        }
+
+        /// Embeddings per clip: `view_len() + 2 · view_shifts()`.
+        pub fn clip_embeddings(&self) -> usize {
+            self.view + 2 * self.shifts
+        }
+
+        /// Head inputs per clip: `2 · view_shifts() + 1`.
+        fn views_per_clip(&self) -> usize {
+            2 * self.shifts + 1
         }
 
         /// The head file this verifier was built from.
@@ -468,13 +519,15 @@ mod onnx {
             Ok(frames)
         }
 
-        /// The head inputs of `clips`: `[N, view, 96]` row-major into `out` (replaced). One mel run
-        /// per clip and one embedding run for the batch.
+        /// The head inputs of `clips`: `[N · (2 · shifts + 1), view, 96]` row-major into `out`
+        /// (replaced): per clip its views starting 0, 1, … embeddings into the clip (the middle one
+        /// is the candidate's). One mel run per clip and one embedding run for the batch.
         pub fn views(&mut self, clips: &[Clip<'_>], out: &mut Vec<f32>) -> Result<(), VerifyError> {
+            let (clip_len, per, view) = (self.clip_embeddings(), self.views_per_clip(), self.view);
             let counts = clips
                 .iter()
                 .enumerate()
-                .map(|(i, c)| check_clip(i, c, self.view))
+                .map(|(i, c)| check_clip(i, c, clip_len))
                 .collect::<Result<Vec<_>, _>>()?;
             let total: usize = counts.iter().sum();
             out.clear();
@@ -512,22 +565,25 @@ mod onnx {
             }
             self.emb_out.clear();
             self.emb_out.extend_from_slice(emb);
-            out.reserve(clips.len() * self.view * EMB_DIM);
+            out.reserve(clips.len() * per * view * EMB_DIM);
             let mut base = 0;
             for (clip, &n) in clips.iter().zip(&counts) {
-                for k in 0..self.view {
-                    // Edge embeddings repeat, as `verifier.take_view` does in the stream.
-                    let j = k.saturating_sub(clip.lead).min(n - 1);
-                    let a = (base + j) * EMB_DIM;
-                    out.extend_from_slice(&self.emb_out[a..a + EMB_DIM]);
+                for shift in 0..per {
+                    for k in shift..shift + view {
+                        // Edge embeddings repeat, as `verifier.take_view` does in the stream.
+                        let j = k.saturating_sub(clip.lead).min(n - 1);
+                        let a = (base + j) * EMB_DIM;
+                        out.extend_from_slice(&self.emb_out[a..a + EMB_DIM]);
+                    }
                 }
                 base += n;
             }
             Ok(())
         }
 
-        /// Score `clips` into `out` (`N × 12` probabilities, softmax). Blocks; allocates only when
-        /// the internal buffers grow.
+        /// Score `clips` into `out` (`N × 12` probabilities: the head's softmax, or with shifted
+        /// views per class the minimum over a clip's views, which need not sum to 1). Blocks;
+        /// allocates only when the internal buffers grow.
         pub fn score_into(&mut self, clips: &[Clip<'_>], out: &mut [f32]) -> Result<(), VerifyError> {
             let n = clips.len();
             if out.len() != n * HEAD_CLASSES {
@@ -541,10 +597,11 @@ mod onnx {
                 return Ok(());
             }
             let mut head_in = std::mem::take(&mut self.head_in);
+            let per = self.views_per_clip();
             let result = self.views(clips, &mut head_in).and_then(|()| {
                 let err = |e: ort::Error| VerifyError::Runtime(e.to_string());
-                let tensor =
-                    TensorRef::from_array_view(([n, self.view, EMB_DIM], head_in.as_slice())).map_err(err)?;
+                let tensor = TensorRef::from_array_view(([n * per, self.view, EMB_DIM], head_in.as_slice()))
+                    .map_err(err)?;
                 let (input, output) = (&self.names[2].0, &self.names[2].1);
                 let outputs = self
                     .head
@@ -553,14 +610,14 @@ mod onnx {
                 let (_, probs) = outputs[output.as_str()]
                     .try_extract_tensor::<f32>()
                     .map_err(err)?;
-                if probs.len() != out.len() {
+                if probs.len() != out.len() * per {
                     return Err(VerifyError::ModelOutput {
                         model: "head",
                         got: probs.len(),
-                        want: out.len(),
+                        want: out.len() * per,
                     });
                 }
-                out.copy_from_slice(probs);
+                combine_views(probs, per, out);
                 Ok(())
             });
             self.head_in = head_in;
@@ -593,6 +650,32 @@ mod onnx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shifted_views_combine_to_their_per_class_minimum() {
+        let row = |f: fn(usize) -> f32| (0..HEAD_CLASSES).map(f).collect::<Vec<f32>>();
+        // Two clips of three views each.
+        let mut probs = Vec::new();
+        probs.extend(row(|c| c as f32 / 100.0));
+        probs.extend(row(|c| 0.5 - c as f32 / 100.0));
+        probs.extend(row(|_| 0.3));
+        probs.extend(row(|_| 0.9));
+        probs.extend(row(|c| if c == 4 { f32::NAN } else { 0.8 }));
+        probs.extend(row(|_| 0.7));
+        let mut out = vec![-1.0; 2 * HEAD_CLASSES];
+        combine_views(&probs, 3, &mut out);
+        for (c, &got) in out[..HEAD_CLASSES].iter().enumerate() {
+            let want = (c as f32 / 100.0).min(0.5 - c as f32 / 100.0).min(0.3);
+            assert_eq!(got, want, "class {c}");
+        }
+        // A NaN in any view is kept: such a verdict never accepts.
+        assert!(out[HEAD_CLASSES + 4].is_nan());
+        assert_eq!(out[HEAD_CLASSES], 0.7);
+        // One view per clip: a copy.
+        let mut one = vec![0.0; 2 * HEAD_CLASSES];
+        combine_views(&probs[..2 * HEAD_CLASSES], 1, &mut one);
+        assert_eq!(one, probs[..2 * HEAD_CLASSES]);
+    }
 
     #[test]
     fn geometry_constants() {

@@ -107,7 +107,7 @@ fn reference(models: &mut Models, config: &StreamConfig, audio: &[f32]) -> (Vec<
         )
         .unwrap();
     let stream: Vec<f32> = audio.iter().map(|v| (v * 32768.0).round() / 32768.0).collect();
-    let view = cascade.embeddings_per_view;
+    let view = cascade.clip_embeddings;
     let mut ranges = Vec::new();
     let verifier = &mut models.verifier;
     let events = run_offline(cascade.config.clone(), windows, |c| {

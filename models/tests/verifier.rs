@@ -211,6 +211,65 @@ fn bad_clips_are_refused() {
 }
 
 #[test]
+fn shifted_views_are_cut_from_one_clip() {
+    // `view_shifts` 1: a candidate's clip holds 11 embeddings and the head sees the three views of
+    // 9 starting 0, 1 and 2 embeddings in, so consecutive views overlap in 8 embeddings, exactly.
+    if skip_verifier_runs("shifted_views_are_cut_from_one_clip") {
+        return;
+    }
+    ort();
+    let m = Manifest::load(fixtures()).unwrap();
+    let files = m.verifier.as_ref().unwrap().read_verified(m.dir()).unwrap();
+    let mut v = Verifier::new(&files, 9, 1, 12, &ScorerOptions::default()).unwrap();
+    assert_eq!((v.view_len(), v.view_shifts(), v.clip_embeddings()), (9, 1, 11));
+    let g = golden();
+    let c = &g.clips[0];
+    let audio = read_wav(&fixtures().join(&c.wav));
+    // An 11-embedding clip: the fixture's 9-embedding clip and the next two embeddings' samples
+    // (a ramp; any audio will do).
+    let mut long = audio.clone();
+    long.resize(kws_models::verifier::clip_samples(11), 0.0);
+    for (i, x) in long[audio.len()..].iter_mut().enumerate() {
+        *x = ((i % 97) as f32 - 48.0) / 400.0;
+    }
+    let mut views = Vec::new();
+    v.views(&[Clip::from(long.as_slice())], &mut views).unwrap();
+    fn emb(views: &[f32], view: usize, k: usize) -> &[f32] {
+        &views[(view * 9 + k) * 96..(view * 9 + k + 1) * 96]
+    }
+    assert_eq!(views.len(), 3 * 9 * 96);
+    for view in 1..3 {
+        for k in 0..8 {
+            assert_eq!(
+                emb(&views, view, k),
+                emb(&views, view - 1, k + 1),
+                "view {view}, embedding {k}"
+            );
+        }
+    }
+    assert_ne!(emb(&views, 0, 0), emb(&views, 2, 8));
+    // A clip cut short by the end of its stream repeats its last embedding in the later views, and
+    // one with lead repeats its first in the earlier ones.
+    let short = &long[..kws_models::verifier::clip_samples(9)];
+    v.views(&[Clip::from(short)], &mut views).unwrap();
+    assert_eq!(emb(&views, 2, 7), emb(&views, 2, 8));
+    assert_eq!(emb(&views, 1, 8), emb(&views, 2, 8));
+    let lead = Clip {
+        audio: &long[..kws_models::verifier::clip_samples(10)],
+        lead: 1,
+    };
+    v.views(&[lead], &mut views).unwrap();
+    assert_eq!(
+        emb(&views, 0, 0),
+        emb(&views, 0, 1),
+        "the lead repeats the clip's first embedding"
+    );
+    // The verdict is no view's softmax but their per-class minimum: it sums to at most 1.
+    let p = v.score(&[&long[..]]).unwrap()[0];
+    assert!(p.iter().sum::<f32>() <= 1.0 + 1e-6);
+}
+
+#[test]
 fn shipped_manifests_describe_their_cascade() {
     // Models 2.0.0: every shipped manifest has a verifier section whose files are the shipped ones
     // (checksums), and the cascade configuration is read from it.
@@ -308,6 +367,11 @@ fn manifest_section_errors_are_clear() {
             "embeddings_per_view 0 is not supported",
         ),
         (
+            "view-shifts",
+            Box::new(|m| m["verifier"]["view_shifts"] = 5.into()),
+            "view_shifts 5 is not supported: use 0..=4",
+        ),
+        (
             "offset",
             Box::new(|m| m["verifier"]["centre_offset_ms"] = 5000.into()),
             "centre_offset_ms 5000 is outside",
@@ -376,7 +440,7 @@ fn files_are_checked_when_loaded() {
         &se.join("embedding_model.onnx"),
     )
     .unwrap();
-    match Verifier::new(&files, 9, 12, &ScorerOptions::default()) {
+    match Verifier::new(&files, 9, 0, 12, &ScorerOptions::default()) {
         Err(RuntimeError::Model(ModelError::Shape { reason, .. })) => println!("{reason}"),
         other => panic!("{other:?}"),
     }

@@ -218,16 +218,19 @@ fn load_verifier(
         .ok_or("no verifier section")?
         .read_verified(manifest.dir())
         .map_err(|e| e.to_string())?;
-    let view = manifest.verifier.as_ref().map_or(0, |v| v.embeddings_per_view);
+    let (view, shifts) = manifest
+        .verifier
+        .as_ref()
+        .map_or((0, 0), |v| (v.embeddings_per_view, v.view_shifts));
     let settings = VerifierSettings {
         max_batch: config.verifier.max_batch,
         queue_capacity: config.verifier.queue_capacity,
     };
     let mut scorers: Vec<Box<dyn ClipScorer + Send>> = Vec::new();
-    let silence = vec![0.0f32; kws_models::verifier::clip_samples(view)];
+    let silence = vec![0.0f32; kws_models::verifier::clip_samples(view + 2 * shifts)];
     for _ in 0..config.verifier.workers {
-        let mut v =
-            Verifier::new(&files, view, manifest.num_classes(), options).map_err(|e| e.to_string())?;
+        let mut v = Verifier::new(&files, view, shifts, manifest.num_classes(), options)
+            .map_err(|e| e.to_string())?;
         let clips = vec![kws_models::verifier::Clip::from(silence.as_slice()); settings.max_batch];
         v.score_clips(&clips)
             .map_err(|e| format!("warm-up batch of {} clips: {e}", settings.max_batch))?;
@@ -331,6 +334,7 @@ pub fn model_info(name: &str, variant: &str, m: &Manifest) -> v1::ModelInfo {
                     .collect(),
                 embeddings_per_view: v.embeddings_per_view as u32,
                 centre_offset_ms: v.centre_offset_ms,
+                view_shifts: v.view_shifts as u32,
                 reject_gap_ms: v.reject_gap_ms,
                 licence: v.licence.clone(),
             }

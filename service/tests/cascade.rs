@@ -141,6 +141,7 @@ async fn the_cascade_decides_events_when_the_manifest_has_a_verifier() {
         (0.7, 9, 200)
     );
     assert_eq!(v.candidate_rule, spec.candidate_rule.as_str());
+    assert_eq!(v.view_shifts as usize, spec.view_shifts);
     assert_eq!(v.thresholds.len(), 10);
     assert_eq!(v.thresholds["yes"], 0.9);
     assert!(v.licence.contains("test fixture"));

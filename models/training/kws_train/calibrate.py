@@ -223,7 +223,7 @@ VERIFIER_LICENCE = (
 
 
 def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[str, float], reject_gap_ms: int,
-                     old: dict | None, candidate_rule: str = "best_keyword") -> dict:
+                     old: dict | None, candidate_rule: str = "best_keyword", view_shifts: int = 0) -> dict:
     """The manifest's `verifier` section (`kws_models::manifest::VerifierSpec`): the head is copied
     into `<model_dir>/verifier/head.onnx`; the feature models are the shared ones in
     models/speech-embedding (their sha256 are the pinned ones of `verifier.FEATURE_FILES`)."""
@@ -248,6 +248,7 @@ def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[st
         "head": {"path": "verifier/head.onnx", "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()},
         "embeddings_per_view": WINDOW_EMB,
         "centre_offset_ms": 0,
+        "view_shifts": view_shifts,
         "candidate_rule": candidate_rule,
         "first_stage_threshold": t1,
         "thresholds": thresholds,
@@ -383,8 +384,11 @@ def main(argv: list[str] | None = None) -> None:
             if a.head.suffix != ".onnx" or not a.clip_table:
                 raise SystemExit("--write-manifest with --head needs head.onnx and --clip-table (the Rust verifier's "
                                  "per-clip probabilities)")
+            from .verifier import clip_table_view_shifts
+
             m["verifier"] = verifier_section(a.write_manifest.parent, a.head, chosen, out["thresholds"],
-                                             a.reject_gap_ms, m.get("verifier"), a.candidate_rule)
+                                             a.reject_gap_ms, m.get("verifier"), a.candidate_rule,
+                                             clip_table_view_shifts(a.clip_table))
         else:
             m["thresholds"] = out["thresholds"]
         m["operating_point"] = {

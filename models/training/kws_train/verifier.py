@@ -706,13 +706,16 @@ def lazy_verifier(files: list[dict], net, offset_ms: float = 0.0, clips: dict | 
 def cmd_clip_table(a) -> None:
     """Per-clip verifier probabilities of every window that can be a candidate (candidate score of
     `--candidate-rule` >= --min-t1) of the cached streams: one mel + embedding + head run per distinct view
-    (four consecutive 20-ms windows share a view), as the Rust verifier runs it. Written to --out
-    (npz: per stream `<wav>|first` and `<wav>|probs`), read by `load_clip_table`."""
+    (four consecutive 20-ms windows share a view), as the Rust verifier runs it; with --view-shifts N the
+    clip holds the 2N + 1 views shifted by -N..N embeddings and the probabilities are their per-class
+    minimum (`verifier_golden.view_probs`). Written to --out (npz: per stream `<wav>|first` and
+    `<wav>|probs`, and N as `VIEW_SHIFTS_KEY`), read by `load_clip_table` and `clip_table_view_shifts`."""
     import onnxruntime as ort
 
     from .streameval import read_wav
-    from .verifier_golden import clip_view
+    from .verifier_golden import clip_view, combine_views, shifted_views
 
+    shifts = a.view_shifts
     emb = Embedder(find_feature_models(a.features), 1)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -728,16 +731,19 @@ def cmd_clip_table(a) -> None:
             x = read_wav(a.audio_dir / str(f["wav"]))
             views = []
             for j0 in firsts:
-                _, s, e, lead = clip_range_of(j0)
-                views.append(clip_view(emb, x[s:e], lead))
+                _, s, e, lead = clip_range_of(j0 - shifts, WINDOW_EMB + 2 * shifts)
+                views.append(shifted_views(clip_view(emb, x[s:e], lead, WINDOW_EMB + 2 * shifts), shifts))
+            per = 2 * shifts + 1
             for i in range(0, len(views), 64):
-                probs[i:i + 64] = head.run(None, {"embeddings": np.stack(views[i:i + 64]).astype(np.float32)})[0]
+                p = head.run(None, {"embeddings": np.concatenate(views[i:i + 64])})[0]
+                probs[i:i + 64] = [combine_views(g) for g in p.reshape(-1, per, len(CLASSES))]
         out[f"{f['wav']}|first"] = np.array(firsts, np.int64)
         out[f"{f['wav']}|probs"] = probs
         n_clips += len(firsts)
         print(f"{n + 1}/{len(files)} {f['wav']} {len(firsts)} clips", file=sys.stderr, flush=True)
+    out[VIEW_SHIFTS_KEY] = np.array(shifts, np.int64)
     np.savez(a.out, **out)
-    print(json.dumps({"clips": n_clips, "cpu_s": round(time.process_time() - c0, 1),
+    print(json.dumps({"clips": n_clips, "view_shifts": shifts, "cpu_s": round(time.process_time() - c0, 1),
                       "ms_per_clip": round(1000 * (time.process_time() - c0) / max(1, n_clips), 2)}))
 
 
@@ -748,6 +754,15 @@ def clip_range_of(j0: int, n: int = WINDOW_EMB) -> tuple[int, int, int, int]:
     lead = min(max(0, -j0), n - 1)
     start = max(j0, 0) * EMB_STEP * MEL_HOP
     return j0, start, start + clip_samples(n - lead), lead
+
+
+#: The npz key of a clip table's `--view-shifts` (tables without it were made with 0).
+VIEW_SHIFTS_KEY = "meta|view_shifts"
+
+
+def clip_table_view_shifts(path: Path) -> int:
+    z = np.load(path)
+    return int(z[VIEW_SHIFTS_KEY]) if VIEW_SHIFTS_KEY in z.files else 0
 
 
 def load_clip_table(path: Path) -> dict:
@@ -864,6 +879,7 @@ def cmd_clips(a) -> None:
 
     from .data import load_background, load_clips
     from .evaluate import eval_sets_for
+    from .verifier_golden import shifted_views
     from .frontend import mfcc
     from .recipe import load_recipe
 
@@ -889,11 +905,13 @@ def cmd_clips(a) -> None:
         pad = np.zeros((len(x), LONG), np.float32)
         o = (LONG - SAMPLE_RATE) // 2
         pad[:, o:o + SAMPLE_RATE] = x
-        views = []
+        views, sh = [], a.view_shifts
+        first = (LONG_EMB - WINDOW_EMB) // 2 - sh
         for i in range(0, len(pad), 32):
             for spec in emb.mel(pad[i:i + 32]):
-                views.append(emb.embed_mel(spec)[(LONG_EMB - WINDOW_EMB) // 2:][:WINDOW_EMB])
-        p2 = head_file_probs(a.head, np.stack(views))
+                views.append(shifted_views(emb.embed_mel(spec)[first:first + WINDOW_EMB + 2 * sh], sh))
+        # With --view-shifts the verdict of each clip is the per-class minimum over its shifted views.
+        p2 = head_file_probs(a.head, np.concatenate(views)).reshape(len(views), 2 * sh + 1, -1).min(axis=1)
         kw = np.isin(y, KW_IDS)
         a1, a2 = p1.argmax(1), p2.argmax(1)
         res[name] = {"n_keyword": int(kw.sum()), "n": int(len(y)),
@@ -1051,6 +1069,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--head", type=Path, required=True, help="head.onnx (or a training checkpoint head.pt)")
     s.add_argument("--v", type=float, default=0.3,
                    help="verifier threshold for keywords the model's manifest gives none")
+    s.add_argument("--view-shifts", type=int, default=0,
+                   help="the verdict is the per-class minimum over the views shifted -N..N embeddings (manifest "
+                        "`verifier.view_shifts`)")
     s.add_argument("--json", type=Path)
     s = sub.add_parser("clip-table")
     s.add_argument("--cache", type=Path, required=True, help="`embed` cache (--first-stage-only is enough)")
@@ -1060,6 +1081,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--candidate-rule", choices=CANDIDATE_RULES, default="best_keyword",
                    help="the rule the table serves (`keyword_mass` needs more windows than `best_keyword`)")
     s.add_argument("--offset-ms", type=float, default=0.0)
+    s.add_argument("--view-shifts", type=int, default=0,
+                   help="verdict = per class the minimum of the head over the views shifted -N..N embeddings (80 ms "
+                        "each), cut from one clip (manifest `verifier.view_shifts`)")
     s.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("cost")
     s.add_argument("--head", type=Path, required=True, help="head.onnx")

@@ -45,13 +45,14 @@ def clip_samples(n_emb: int) -> int:
     return (EMB_FRAMES + EMB_STEP * (n_emb - 1) + 3) * MEL_HOP
 
 
-def clip_range(t_ms: int, offset_ms: int = 0, n: int = WINDOW_EMB) -> tuple[int, int, int, int]:
+def clip_range(t_ms: int, offset_ms: int = 0, n: int = WINDOW_EMB, shifts: int = 0) -> tuple[int, int, int, int]:
     """(first embedding, start sample, end sample, lead) of a candidate at t_ms: the Rust crate's
     `View::at(..).clip()`. For a view starting before embedding 0 the clip starts at 0 and is `lead`
-    embeddings shorter; the first embedding is repeated `lead` times (as `take_view` does)."""
+    embeddings shorter; the first embedding is repeated `lead` times (as `take_view` does). With
+    `shifts` the clip holds the `n + 2 * shifts` embeddings of all the shifted views (`view_probs`)."""
     from .verifier import clip_range_of
 
-    return clip_range_of(view_start(t_ms, offset_ms), n)
+    return clip_range_of(view_start(t_ms, offset_ms) - shifts, n + 2 * shifts)
 
 
 def clip_view(emb: Embedder, audio: np.ndarray, lead: int, n: int = WINDOW_EMB) -> np.ndarray:
@@ -59,6 +60,26 @@ def clip_view(emb: Embedder, audio: np.ndarray, lead: int, n: int = WINDOW_EMB) 
     e = emb.embed_mel(emb.mel(audio))[: n - lead]
     idx = np.clip(np.arange(n) - lead, 0, len(e) - 1)
     return e[idx]
+
+
+def shifted_views(e: np.ndarray, shifts: int, n: int = WINDOW_EMB) -> np.ndarray:
+    """The `2 * shifts + 1` head inputs of one clip's `n + 2 * shifts` embeddings (`clip_view`): views of
+    `n` embeddings starting 0, 1, ... embeddings (80 ms) apart; the middle one is the candidate's view."""
+    return np.stack([e[s:s + n] for s in range(2 * shifts + 1)]).astype(np.float32)
+
+
+def combine_views(p: np.ndarray) -> np.ndarray:
+    """The verdict's probabilities from the head's probabilities of a clip's shifted views
+    `[views, 12]`: per class the minimum (a keyword must be heard in every view), as the Rust
+    verifier does (`verifier.view_shifts` in the manifest)."""
+    return p.min(axis=0)
+
+
+def view_probs(emb: Embedder, head, audio: np.ndarray, lead: int, shifts: int = 0, n: int = WINDOW_EMB) -> np.ndarray:
+    """Verifier probabilities of one candidate clip (`clip_range(.., shifts=shifts)`): mel of the clip
+    alone, the head on each shifted view, combined (`combine_views`)."""
+    e = clip_view(emb, audio, lead, n + 2 * shifts)
+    return combine_views(head.run(None, {"embeddings": shifted_views(e, shifts, n)})[0])
 
 
 def f32(x) -> list | float:
@@ -205,7 +226,8 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
     dec = DecoderConfig(smoothing_ms=st["decoder"]["smoothing_ms"], refractory_ms=st["decoder"]["refractory_ms"],
                         hop_frames=st["hop_frames"])
     out = {"candidate_rule": rule, "first_stage_threshold": float(t1), "thresholds": dict(zip(KEYWORDS, f32(thresholds))),
-           "reject_gap_ms": v["reject_gap_ms"], "embeddings_per_view": v["embeddings_per_view"]}
+           "reject_gap_ms": v["reject_gap_ms"], "embeddings_per_view": v["embeddings_per_view"],
+           "view_shifts": v.get("view_shifts", 0)}
     margins = []
     for variant in ("fp32", "int8"):
         trace = st[f"trace_{variant}"]
@@ -217,9 +239,9 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
         cands = []
 
         def verify(i):
-            j0, s0, e0, lead = clip_range(int((start[i] + end[i]) // 2), v["centre_offset_ms"])
-            view = clip_view(emb, x[s0:e0], lead)
-            p = head.run(None, {"embeddings": view[None].astype(np.float32)})[0][0]
+            shifts = v.get("view_shifts", 0)
+            j0, s0, e0, lead = clip_range(int((start[i] + end[i]) // 2), v["centre_offset_ms"], shifts=shifts)
+            p = view_probs(emb, head, x[s0:e0], lead, shifts)
             k = int(np.argmax(sm[i, :len(KEYWORDS)]))
             margins.append(abs(float(p[k]) - float(thresholds[k])))
             cands.append({"keyword": KEYWORDS[k], "score": f32(sm[i, k]), "candidate_score": f32(cscore[i]),

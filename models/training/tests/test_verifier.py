@@ -181,6 +181,8 @@ def test_shipped_cascade_goldens_agree_with_their_manifests():
     probability of the first stage's keyword reaches its threshold are events."""
     import json
 
+    from kws_train.verifier_golden import clip_range
+
     models = Path(__file__).resolve().parents[2]
     checked = 0
     for mdir in (models / "tc-resnet8", models / "tc-resnet14-1.5", models / "tc-resnet8-stream"):
@@ -192,6 +194,11 @@ def test_shipped_cascade_goldens_agree_with_their_manifests():
         assert c["first_stage_threshold"] == np.float32(v["first_stage_threshold"])
         assert c["thresholds"] == {k: float(np.float32(x)) for k, x in v["thresholds"].items()}
         assert c["candidate_rule"] == v.get("candidate_rule", "best_keyword")
+        assert c.get("view_shifts", 0) == v.get("view_shifts", 0)
+        shifts = v.get("view_shifts", 0)
+        for x in c["candidates_fp32"]:  # each candidate's clip holds all its shifted views
+            j0, s0, e0, lead = clip_range((x["start_ms"] + x["end_ms"]) // 2, v["centre_offset_ms"], shifts=shifts)
+            assert (x["lead"], x["clip"][0]) == (lead, s0)
         for variant in ("fp32", "int8"):
             accepted = [(x["keyword"], x["start_ms"]) for x in c[f"candidates_{variant}"]
                         if x["probs"][KEYWORDS.index(x["keyword"])] >= np.float32(v["thresholds"][x["keyword"]])]
@@ -267,3 +274,27 @@ def test_acceptance_by_keyword_counts_the_first_stage_keyword_and_the_verifier_t
     assert r["yes"] == {"first_stage": 0, "right": 0, "wrong": 0, "accepted_right": None, "accepted_wrong": None}
     # Non-keyword labels are not keyword clips.
     assert acceptance_by_keyword(p1, p2, np.array([unknown] * 4), th)["down"]["first_stage"] == 0
+
+
+def test_shifted_views_share_one_clip_and_combine_to_the_minimum():
+    """`view_shifts` N: the clip of a candidate holds the 9 + 2N embeddings of its 2N + 1 views (the
+    candidate's view in the middle), and the verdict is their per-class minimum (the Rust
+    `verifier::combine_views`)."""
+    from kws_train.verifier_golden import clip_range, clip_samples, combine_views, shifted_views
+
+    for t in (500, 700, 10_500, 59_500):
+        j0, s, e, lead = clip_range(t)
+        j1, s1, e1, lead1 = clip_range(t, shifts=1)
+        assert j1 == j0 - 1
+        if lead == 0 and j0 > 0:
+            assert (s1, e1 - s1, lead1) == (s - 1280, clip_samples(11), 0)
+        else:  # at the start of a stream the shifted clip starts at 0 too, with one more lead
+            assert (s1, lead1) == (0, min(lead + 1, 10))
+    e = np.arange(11 * EMB_DIM, dtype=np.float32).reshape(11, EMB_DIM)
+    v = shifted_views(e, 1)
+    assert v.shape == (3, WINDOW_EMB, EMB_DIM)
+    assert np.array_equal(v[1], e[1:10]) and np.array_equal(v[2], e[2:11])
+    assert np.array_equal(shifted_views(e[:9], 0)[0], e[:9])
+    p = np.array([[0.1, 0.8, 0.1], [0.3, 0.4, 0.3], [0.2, 0.7, np.nan]], np.float32)
+    got = combine_views(p)
+    assert got[:2].tolist() == [np.float32(0.1), np.float32(0.4)] and np.isnan(got[2])
