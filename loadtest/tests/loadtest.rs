@@ -98,7 +98,7 @@ async fn run(cfg: LoadConfig) -> RunReport {
 async fn four_real_time_streams_lose_no_event() {
     let (addr, _stop) = server(16).await;
     let r = run(config(&addr, 4, 3_000, 500, vec![16_000, 48_000])).await;
-    // The cascade (TC-ResNet8 2.5.0) finds "yes" and "stop" in the golden stream's first 3 s, at
+    // The cascade (TC-ResNet8 2.6.0) finds "yes" and "stop" in the golden stream's first 3 s, at
     // both rates.
     assert_eq!(r.expected_per_stream, vec![2, 2]);
     let s = &r.steps[0];

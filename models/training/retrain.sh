@@ -147,11 +147,16 @@ if [ "${VERIFIER:-1}" = 1 ]; then
   # help it at 2 FA/h with its 60-ms smoothing).
   declare -A RULE=([tc-resnet8]=keyword_mass [tc-resnet8-stream]=keyword_mass)
   declare -A BUDGET=([tc-resnet8]=2 [tc-resnet8-stream]=2)
+  # Verdicts (models/RESEARCH.md round 10): since 2.6.0 TC-ResNet8's verifier takes, per class, the least
+  # of its head's probabilities over the candidate's view and the views 80 ms either side (one clip of 11
+  # embeddings; manifest `verifier.view_shifts`, written by calibrate from the clip table).
+  declare -A VIEW_SHIFTS=([tc-resnet8]=1)
   for m in "${MODELS[@]}"; do
     rule=${RULE[$m]:-best_keyword}
     head=${HEAD[$m]:-runs/verifier/head/head.onnx}
     "$PY" -m kws_train.verifier clip-table --cache "runs/val2-cache-$m" --audio-dir data/valcorpus2 \
-      --head "$head" --min-t1 0.5 --candidate-rule "$rule" --out "runs/verifier/clips-val2-$m.npz"
+      --head "$head" --min-t1 0.5 --candidate-rule "$rule" --view-shifts "${VIEW_SHIFTS[$m]:-0}" \
+      --out "runs/verifier/clips-val2-$m.npz"
     "$PY" -m kws_train.calibrate --cache "runs/val2-cache-$m" --budget "${BUDGET[$m]:-5}" --folds 2 \
       --head "$head" --candidate-rule "$rule" \
       --clip-table "runs/verifier/clips-val2-$m.npz" --t1 0.5,0.7,0.8,0.9,0.95,0.98,0.99 --single \
