@@ -319,6 +319,20 @@ mod tests {
     }
 
     #[test]
+    fn ring_size_with_shifted_views() {
+        // TC-ResNet8 2.6.0 (`view_shifts` 1): clips of 11 embeddings, 25 440 samples, still longer
+        // than the reach back of a window's clip (one embedding more than with 9).
+        let shifted = CascadeSettings {
+            clip_embeddings: 11,
+            ..settings()
+        };
+        assert_eq!(ring_samples(&shifted), 25_440 + 16_000);
+        let r = shifted.view(100_000, 101_000).clip();
+        assert_eq!(r.start, settings().view(100_000, 101_000).clip().start - 1280);
+        assert_eq!(r.len(), 25_440);
+    }
+
+    #[test]
     fn ring_keeps_the_last_samples_exactly() {
         let mut r = SampleRing::new(100);
         let x: Vec<f32> = (0..250).map(|i| ((i % 200) as f32 - 100.0) / 32768.0).collect();
