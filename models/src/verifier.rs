@@ -426,6 +426,7 @@ mod onnx {
             let env = init_runtime(options.library.as_deref())?;
             if classes != HEAD_CLASSES
                 || !(1..=MAX_VIEW_EMBEDDINGS).contains(&view)
+                || shifts > MAX_VIEW_EMBEDDINGS / 2
                 || view + 2 * shifts > MAX_VIEW_EMBEDDINGS
             {
                 return Err(RuntimeError::Model(ModelError::Shape {

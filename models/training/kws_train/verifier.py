@@ -736,7 +736,7 @@ def cmd_clip_table(a) -> None:
             per = 2 * shifts + 1
             for i in range(0, len(views), 64):
                 p = head.run(None, {"embeddings": np.concatenate(views[i:i + 64])})[0]
-                probs[i:i + 64] = [combine_views(g) for g in p.reshape(-1, per, len(CLASSES))]
+                probs[i:i + 64] = combine_views(p.reshape(-1, per, len(CLASSES)))
         out[f"{f['wav']}|first"] = np.array(firsts, np.int64)
         out[f"{f['wav']}|probs"] = probs
         n_clips += len(firsts)
@@ -879,7 +879,7 @@ def cmd_clips(a) -> None:
 
     from .data import load_background, load_clips
     from .evaluate import eval_sets_for
-    from .verifier_golden import shifted_views
+    from .verifier_golden import combine_views, shifted_views
     from .frontend import mfcc
     from .recipe import load_recipe
 
@@ -910,8 +910,7 @@ def cmd_clips(a) -> None:
         for i in range(0, len(pad), 32):
             for spec in emb.mel(pad[i:i + 32]):
                 views.append(shifted_views(emb.embed_mel(spec)[first:first + WINDOW_EMB + 2 * sh], sh))
-        # With --view-shifts the verdict of each clip is the per-class minimum over its shifted views.
-        p2 = head_file_probs(a.head, np.concatenate(views)).reshape(len(views), 2 * sh + 1, -1).min(axis=1)
+        p2 = combine_views(head_file_probs(a.head, np.concatenate(views)).reshape(len(views), 2 * sh + 1, -1))
         kw = np.isin(y, KW_IDS)
         a1, a2 = p1.argmax(1), p2.argmax(1)
         res[name] = {"n_keyword": int(kw.sum()), "n": int(len(y)),

@@ -70,9 +70,9 @@ def shifted_views(e: np.ndarray, shifts: int, n: int = WINDOW_EMB) -> np.ndarray
 
 def combine_views(p: np.ndarray) -> np.ndarray:
     """The verdict's probabilities from the head's probabilities of a clip's shifted views
-    `[views, 12]`: per class the minimum (a keyword must be heard in every view), as the Rust
+    `[(clips,) views, 12]`: per class the minimum (a keyword must be heard in every view), as the Rust
     verifier does (`verifier.view_shifts` in the manifest)."""
-    return p.min(axis=0)
+    return p.min(axis=-2)
 
 
 def view_probs(emb: Embedder, head, audio: np.ndarray, lead: int, shifts: int = 0, n: int = WINDOW_EMB) -> np.ndarray:
@@ -225,9 +225,10 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
     rule = v.get("candidate_rule", "best_keyword")
     dec = DecoderConfig(smoothing_ms=st["decoder"]["smoothing_ms"], refractory_ms=st["decoder"]["refractory_ms"],
                         hop_frames=st["hop_frames"])
+    shifts = v.get("view_shifts", 0)
     out = {"candidate_rule": rule, "first_stage_threshold": float(t1), "thresholds": dict(zip(KEYWORDS, f32(thresholds))),
            "reject_gap_ms": v["reject_gap_ms"], "embeddings_per_view": v["embeddings_per_view"],
-           "view_shifts": v.get("view_shifts", 0)}
+           "view_shifts": shifts}
     margins = []
     for variant in ("fp32", "int8"):
         trace = st[f"trace_{variant}"]
@@ -239,7 +240,6 @@ def shipped_cascade_golden(model_dir: Path, features: Path) -> dict:
         cands = []
 
         def verify(i):
-            shifts = v.get("view_shifts", 0)
             j0, s0, e0, lead = clip_range(int((start[i] + end[i]) // 2), v["centre_offset_ms"], shifts=shifts)
             p = view_probs(emb, head, x[s0:e0], lead, shifts)
             k = int(np.argmax(sm[i, :len(KEYWORDS)]))
