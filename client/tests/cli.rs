@@ -250,6 +250,14 @@ async fn models_and_health() {
     .unwrap();
     let yes = kws_client::eval::fmt_threshold(manifest["thresholds"]["yes"].as_f64().unwrap());
     assert!(stdout(&out).contains(&format!("yes={yes}")), "{}", stdout(&out));
+    // The cascade line names the shipped verdict's views (manifest `verifier.view_shifts`).
+    let shifts = manifest["verifier"]["view_shifts"].as_u64().unwrap_or(0);
+    let views = if shifts > 0 {
+        format!(", the least of {} views 80 ms apart)", 2 * shifts + 1)
+    } else {
+        "(9 embeddings per view)".to_string()
+    };
+    assert!(stdout(&out).contains(&views), "{views:?} in {}", stdout(&out));
 
     let out = kws_client(args(&["--addr", &addr, "models", "nope"]), None).await;
     assert_eq!(

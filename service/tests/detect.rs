@@ -274,6 +274,14 @@ async fn model_info_and_list() {
     );
     assert_eq!(info.params, 65_180);
     assert_eq!(info.frontend.unwrap().num_mfcc, 40);
+    // The shipped default's verdict is the least of three shifted views (manifest
+    // `verifier.view_shifts`); GetModelInfo reports what the manifest says.
+    let shipped = kws_models::Manifest::load(repo().join("models/tc-resnet8")).unwrap();
+    let shifts = shipped.verifier.as_ref().expect("verifier").view_shifts;
+    let v = info.verifier.as_ref().expect("ModelInfo.verifier");
+    assert_eq!(v.view_shifts as usize, shifts);
+    assert!(v.view_shifts > 0, "the shipped default uses shifted views");
+    assert_eq!(v.embeddings_per_view, 9);
     // The runtime block says which CPU and int8 kernels this server scores with.
     let cpu = kws_models::cpu::detect();
     let rt = info.runtime.expect("ModelInfo.runtime");
