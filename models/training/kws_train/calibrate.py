@@ -223,7 +223,8 @@ VERIFIER_LICENCE = (
 
 
 def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[str, float], reject_gap_ms: int,
-                     old: dict | None, candidate_rule: str = "best_keyword", view_shifts: int = 0) -> dict:
+                     old: dict | None, candidate_rule: str = "best_keyword", view_shifts: int = 0,
+                     centre_offset_ms: int = 0) -> dict:
     """The manifest's `verifier` section (`kws_models::manifest::VerifierSpec`): the head is copied
     into `<model_dir>/verifier/head.onnx`; the feature models are the shared ones in
     models/speech-embedding (their sha256 are the pinned ones of `verifier.FEATURE_FILES`)."""
@@ -247,7 +248,7 @@ def verifier_section(model_dir: Path, head: Path, t1: float, thresholds: dict[st
                      "embedding": {"path": "embedding_model.onnx", "sha256": FEATURE_FILES["embedding_model.onnx"]}},
         "head": {"path": "verifier/head.onnx", "sha256": hashlib.sha256(dest.read_bytes()).hexdigest()},
         "embeddings_per_view": WINDOW_EMB,
-        "centre_offset_ms": 0,
+        "centre_offset_ms": centre_offset_ms,
         "view_shifts": view_shifts,
         "candidate_rule": candidate_rule,
         "first_stage_threshold": t1,
@@ -307,10 +308,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--budget or --evaluate is required")
     cascade = None
     if a.head:
-        from .verifier import lazy_verifier, load_clip_table, load_head
+        from .verifier import clip_table_offset_ms, lazy_verifier, load_clip_table, load_head
 
         if a.clip_table:
-            verifier = lazy_verifier(files, None, 0.0, load_clip_table(a.clip_table))
+            # The table answers for the views it was cut at (`clip-table --offset-ms`), so candidates look
+            # their clips up at that offset, and the manifest gets it as `centre_offset_ms`.
+            offset_ms = clip_table_offset_ms(a.clip_table)
+            verifier = lazy_verifier(files, None, offset_ms, load_clip_table(a.clip_table))
         else:
             verifier = lazy_verifier(files, load_head(a.head), 0.0)
         cascade = (a.t1, verifier, a.reject_gap_ms, a.candidate_rule)
@@ -384,11 +388,15 @@ def main(argv: list[str] | None = None) -> None:
             if a.head.suffix != ".onnx" or not a.clip_table:
                 raise SystemExit("--write-manifest with --head needs head.onnx and --clip-table (the Rust verifier's "
                                  "per-clip probabilities)")
-            from .verifier import clip_table_view_shifts
+            from .verifier import clip_table_offset_ms, clip_table_view_shifts
 
+            offset_ms = clip_table_offset_ms(a.clip_table)
+            if offset_ms != int(offset_ms):
+                raise SystemExit(f"{a.clip_table}: --offset-ms {offset_ms:g} is not whole milliseconds "
+                                 "(manifest `verifier.centre_offset_ms`)")
             m["verifier"] = verifier_section(a.write_manifest.parent, a.head, chosen, out["thresholds"],
                                              a.reject_gap_ms, m.get("verifier"), a.candidate_rule,
-                                             clip_table_view_shifts(a.clip_table))
+                                             clip_table_view_shifts(a.clip_table), int(offset_ms))
         else:
             m["thresholds"] = out["thresholds"]
         m["operating_point"] = {

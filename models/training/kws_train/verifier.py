@@ -709,7 +709,8 @@ def cmd_clip_table(a) -> None:
     (four consecutive 20-ms windows share a view), as the Rust verifier runs it; with --view-shifts N the
     clip holds the 2N + 1 views shifted by -N..N embeddings and the probabilities are their per-class
     minimum (`verifier_golden.view_probs`). Written to --out (npz: per stream `<wav>|first` and
-    `<wav>|probs`, and N as `VIEW_SHIFTS_KEY`), read by `load_clip_table` and `clip_table_view_shifts`."""
+    `<wav>|probs`, N as `VIEW_SHIFTS_KEY` and --offset-ms as `OFFSET_KEY`), read by `load_clip_table`,
+    `clip_table_view_shifts` and `clip_table_offset_ms`."""
     import onnxruntime as ort
 
     from .streameval import read_wav
@@ -742,6 +743,7 @@ def cmd_clip_table(a) -> None:
         n_clips += len(firsts)
         print(f"{n + 1}/{len(files)} {f['wav']} {len(firsts)} clips", file=sys.stderr, flush=True)
     out[VIEW_SHIFTS_KEY] = np.array(shifts, np.int64)
+    out[OFFSET_KEY] = np.array(a.offset_ms, np.float64)
     np.savez(a.out, **out)
     print(json.dumps({"clips": n_clips, "view_shifts": shifts, "cpu_s": round(time.process_time() - c0, 1),
                       "ms_per_clip": round(1000 * (time.process_time() - c0) / max(1, n_clips), 2)}))
@@ -760,9 +762,19 @@ def clip_range_of(j0: int, n: int = WINDOW_EMB) -> tuple[int, int, int, int]:
 VIEW_SHIFTS_KEY = "meta|view_shifts"
 
 
+#: The npz key of a clip table's `--offset-ms` (tables without it were made with 0).
+OFFSET_KEY = "meta|offset_ms"
+
+
 def clip_table_view_shifts(path: Path) -> int:
     z = np.load(path)
     return int(z[VIEW_SHIFTS_KEY]) if VIEW_SHIFTS_KEY in z.files else 0
+
+
+def clip_table_offset_ms(path: Path) -> float:
+    """The view-centre offset the table's clips were cut at: a table only answers for views at that offset."""
+    z = np.load(path)
+    return float(z[OFFSET_KEY]) if OFFSET_KEY in z.files else 0.0
 
 
 def load_clip_table(path: Path) -> dict:
@@ -782,6 +794,9 @@ def cmd_cascade(a) -> None:
     dec = json.loads((a.cache / "decoder.json").read_text())
     files = load_cache(a.cache)
     clips = load_clip_table(a.clip_table) if a.clip_table else None
+    if clips is not None and clip_table_offset_ms(a.clip_table) != a.offset_ms:
+        raise SystemExit(f"{a.clip_table} was cut at --offset-ms {clip_table_offset_ms(a.clip_table):g}, "
+                         f"not {a.offset_ms:g}")
     net = None if clips is not None else load_head(a.head)
     hours = sum(float(f["seconds"]) for f in files) / 3600
     verifier_for = lazy_verifier(files, net, a.offset_ms, clips)

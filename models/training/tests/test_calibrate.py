@@ -80,3 +80,50 @@ def test_split_keeps_streams_whole_and_categories_balanced():
     assert {id(f) for f in a}.isdisjoint({id(f) for f in b})
     for part in (a, b):
         assert {str(f["category"]) for f in part} == {"keywords", "speech"}
+
+
+def test_a_clip_table_cut_at_an_offset_is_looked_up_and_written_at_that_offset(tmp_path):
+    """`clip-table --offset-ms 80` answers for views one embedding later than the candidate's own: calibrate
+    looks every candidate up there (a table read at offset 0 has no such clip) and writes the offset into
+    the manifest as `verifier.centre_offset_ms`."""
+    import json
+    import os
+
+    from kws_train import calibrate
+    from kws_train.verifier import OFFSET_KEY, VIEW_SHIFTS_KEY, view_start
+
+    n, k = 300, KEYWORDS.index("go")
+    sm = np.zeros((n, 12), np.float32)
+    sm[:, 11] = 1.0
+    sm[100:110, :] = 0.0
+    sm[100:110, k] = 0.99  # one keyword, ten windows at 2.0-2.2 s
+    start = 20 * np.arange(n, dtype=np.int64)
+    end = start + 1000
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    np.savez(cache / "s.npz", sm=sm, start=start, end=end, emb=np.zeros((0, 96), np.float32),
+             labels=np.array([[k, 2400, 2800]], np.int64), seconds=n * 0.02 + 1, category="keywords", wav="s.wav")
+    (cache / "decoder.json").write_text(json.dumps({"smoothing_ms": 300, "refractory_ms": 1000}))
+    firsts = sorted({view_start(int(t), 80.0) for t in (start[100:110] + end[100:110]) // 2})
+    at_zero = {view_start(int(t)) for t in (start[100:110] + end[100:110]) // 2}
+    assert min(at_zero) not in firsts  # read at offset 0, the first candidate has no clip in this table
+    probs = np.zeros((len(firsts), 12), np.float32)
+    probs[:, k] = 0.9
+    table = tmp_path / "clips.npz"
+    np.savez(table, **{"s.wav|first": np.array(firsts, np.int64), "s.wav|probs": probs,
+                       VIEW_SHIFTS_KEY: np.array(1, np.int64), OFFSET_KEY: np.array(80.0)})
+    model = tmp_path / "m"
+    model.mkdir()
+    os.symlink(TRAINING.parent / "speech-embedding", tmp_path / "speech-embedding")
+    head = tmp_path / "head.onnx"
+    head.write_bytes(b"stand-in head: calibrate only copies and hashes it")
+    (model / "manifest.json").write_text(json.dumps({"name": "m"}))
+    out = tmp_path / "cal.json"
+    calibrate.main(["--cache", str(cache), "--budget", "5", "--folds", "1", "--head", str(head), "--clip-table",
+                    str(table), "--t1", "0.9", "--single", "--grid", "0.5,0.95", "--json", str(out),
+                    "--write-manifest", str(model / "manifest.json")])
+    r = json.loads(out.read_text())["single_result"]
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0)
+    v = json.loads((model / "manifest.json").read_text())["verifier"]
+    assert v["centre_offset_ms"] == 80 and v["view_shifts"] == 1
+    assert v["thresholds"]["go"] == 0.5
