@@ -64,9 +64,9 @@ for m in "${MODELS[@]}"; do
   fi
 done
 # Posterior smoothing of the shipped decoder (lever 6, models/RESEARCH.md round 5): TC-ResNet8 since 2.2.0
-# averages 300 ms of posteriors, and so does tc-resnet8-stream since 2.2.0-streaming (TC-ResNet14-1.5 keeps the export's 60 ms). Set before calibrating: the
+# averages 300 ms of posteriors, and so do tc-resnet8-stream since 2.2.0-streaming and TC-ResNet14-1.5 since 2.1.0 (round 11). Set before calibrating: the
 # validation caches, thresholds and goldens below are decoded with the manifest's decoder.
-declare -A SMOOTHING_MS=([tc-resnet8]=300 [tc-resnet8-stream]=300)
+declare -A SMOOTHING_MS=([tc-resnet8]=300 [tc-resnet8-stream]=300 [tc-resnet14-1.5]=300)
 for m in "${MODELS[@]}"; do
   [ -n "${SMOOTHING_MS[$m]:-}" ] || continue
   "$PY" - "../$m/manifest.json" "${SMOOTHING_MS[$m]}" <<'PY'
@@ -140,17 +140,17 @@ if [ "${VERIFIER:-1}" = 1 ]; then
     done
   done
   "$PY" -m kws_train.verifier average --heads "${members[@]}" --out runs/verifier/head-avg12
-  declare -A HEAD=([tc-resnet8]=runs/verifier/head-avg12/head.onnx)
+  declare -A HEAD=([tc-resnet8]=runs/verifier/head-avg12/head.onnx [tc-resnet14-1.5]=runs/verifier/head-avg12/head.onnx)
   # Candidate rule and budget (models/RESEARCH.md round 7): since 2.3.0 TC-ResNet8 and its streaming
   # twin propose a candidate when the keywords' summed smoothed score reaches t1 (`keyword_mass`) and are
-  # calibrated to 2 FA/h; TC-ResNet14-1.5 keeps the highest keyword's score and 5 FA/h (the rule did not
-  # help it at 2 FA/h with its 60-ms smoothing).
-  declare -A RULE=([tc-resnet8]=keyword_mass [tc-resnet8-stream]=keyword_mass)
-  declare -A BUDGET=([tc-resnet8]=2 [tc-resnet8-stream]=2)
+  # calibrated to 2 FA/h, and so is TC-ResNet14-1.5 since 2.1.0 (round 11: retrained with TC-ResNet8's recipe,
+  # 300-ms smoothing, TC-ResNet8's averaged head and three views).
+  declare -A RULE=([tc-resnet8]=keyword_mass [tc-resnet8-stream]=keyword_mass [tc-resnet14-1.5]=keyword_mass)
+  declare -A BUDGET=([tc-resnet8]=2 [tc-resnet8-stream]=2 [tc-resnet14-1.5]=2)
   # Verdicts (models/RESEARCH.md round 10): since 2.6.0 TC-ResNet8's verifier takes, per class, the least
   # of its head's probabilities over the candidate's view and the views 80 ms either side (one clip of 11
   # embeddings; manifest `verifier.view_shifts`, written by calibrate from the clip table).
-  declare -A VIEW_SHIFTS=([tc-resnet8]=1)
+  declare -A VIEW_SHIFTS=([tc-resnet8]=1 [tc-resnet14-1.5]=1)
   for m in "${MODELS[@]}"; do
     rule=${RULE[$m]:-best_keyword}
     head=${HEAD[$m]:-runs/verifier/head/head.onnx}

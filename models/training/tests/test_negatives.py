@@ -21,8 +21,8 @@ from kws_train.recipe import Recipe, load_recipe  # noqa: E402
 HAS_WORDS = Path("/usr/share/dict/words").exists()
 #: Every recipe that existed before the negative-speech keys (the e* and f* research arms and the v* verifier
 #: window configs use them, and so do TC-ResNet8 since 2.1.0, its streamable variant since
-#: 2.1.0-streaming and the streamable TC-ResNet14-1.5: their recipe is the e6 arm's).
-E6_CONFIGS = ("tc-resnet8.toml", "tc-resnet8-stream.toml", "tc-resnet14-1.5-stream.toml")
+#: 2.1.0-streaming, TC-ResNet14-1.5 since 2.1.0 and its streamable variant: their recipe is the e6 arm's).
+E6_CONFIGS = ("tc-resnet8.toml", "tc-resnet8-stream.toml", "tc-resnet14-1.5.toml", "tc-resnet14-1.5-stream.toml")
 CONFIGS = sorted(p for p in (TRAINING / "configs").rglob("*.toml")
                  if not p.name.startswith(("e", "f", "v")) and p.name not in E6_CONFIGS)
 NEW_ARMS = sorted([*(TRAINING / "configs" / "research").glob("e*.toml"),
@@ -71,6 +71,19 @@ def test_shipped_stream_model_is_the_shipped_recipe():
     assert stream.pop("arch") == "tc-resnet8-stream" and windowed.pop("arch") == "tc-resnet8"
     windowed.pop("name")
     assert stream == windowed
+
+
+def test_shipped_tc_resnet14_is_the_arm_it_was_trained_as():
+    """TC-ResNet14-1.5 2.1.0 was trained as research/e6-tc-resnet14-1.5 (models/RESEARCH.md, round 11): the
+    shipped config is that arm under the shipped name, and TC-ResNet8's recipe with the larger model."""
+    shipped = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet14-1.5.toml"))
+    arm = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / "e6-tc-resnet14-1.5.toml"))
+    small = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8.toml"))
+    assert shipped.pop("name") == "tc-resnet14-1.5" and arm.pop("name") == "e6-tc-resnet14-1.5"
+    assert shipped == arm
+    assert shipped.pop("arch") == "tc-resnet14-1.5" and small.pop("arch") == "tc-resnet8"
+    small.pop("name")
+    assert shipped == small
 
 
 def test_streaming_tc_resnet14_is_the_shipped_recipe():
