@@ -60,30 +60,19 @@ def test_shipped_tc_resnet8_is_the_e6_arm():
     assert shipped["negative_share"] == 0.3 and "gnuspeech" in shipped["engines"]
 
 
-def test_shipped_stream_model_is_the_shipped_recipe():
-    """tc-resnet8-stream 2.1.0-streaming was trained as research/e6-tc-resnet8-stream: TC-ResNet8's recipe
-    with the streamable architecture, nothing forked (issue 15)."""
-    stream = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8-stream.toml"))
-    trained = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / "e6-tc-resnet8-stream.toml"))
+@pytest.mark.parametrize("model", ["tc-resnet8-stream", "tc-resnet14-1.5"])
+def test_shipped_model_is_the_arm_it_was_trained_as_and_tc_resnet8s_recipe(model):
+    """tc-resnet8-stream 2.1.0-streaming was trained as research/e6-tc-resnet8-stream (issue 15) and
+    TC-ResNet14-1.5 2.1.0 as research/e6-tc-resnet14-1.5 (models/RESEARCH.md, round 11): each shipped
+    config is its arm under the shipped name, and TC-ResNet8's recipe with another architecture, nothing forked."""
+    shipped = dataclasses.asdict(load_recipe(TRAINING / "configs" / f"{model}.toml"))
+    trained = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / f"e6-{model}.toml"))
     windowed = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8.toml"))
-    assert stream.pop("name") == "tc-resnet8-stream" and trained.pop("name") == "e6-tc-resnet8-stream"
-    assert stream == trained
-    assert stream.pop("arch") == "tc-resnet8-stream" and windowed.pop("arch") == "tc-resnet8"
+    assert shipped.pop("name") == model and trained.pop("name") == f"e6-{model}"
+    assert shipped == trained
+    assert shipped.pop("arch") == model and windowed.pop("arch") == "tc-resnet8"
     windowed.pop("name")
-    assert stream == windowed
-
-
-def test_shipped_tc_resnet14_is_the_arm_it_was_trained_as():
-    """TC-ResNet14-1.5 2.1.0 was trained as research/e6-tc-resnet14-1.5 (models/RESEARCH.md, round 11): the
-    shipped config is that arm under the shipped name, and TC-ResNet8's recipe with the larger model."""
-    shipped = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet14-1.5.toml"))
-    arm = dataclasses.asdict(load_recipe(TRAINING / "configs" / "research" / "e6-tc-resnet14-1.5.toml"))
-    small = dataclasses.asdict(load_recipe(TRAINING / "configs" / "tc-resnet8.toml"))
-    assert shipped.pop("name") == "tc-resnet14-1.5" and arm.pop("name") == "e6-tc-resnet14-1.5"
-    assert shipped == arm
-    assert shipped.pop("arch") == "tc-resnet14-1.5" and small.pop("arch") == "tc-resnet8"
-    small.pop("name")
-    assert shipped == small
+    assert shipped == windowed
 
 
 def test_streaming_tc_resnet14_is_the_shipped_recipe():
