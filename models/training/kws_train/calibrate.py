@@ -388,9 +388,9 @@ def main(argv: list[str] | None = None) -> None:
             if a.head.suffix != ".onnx" or not a.clip_table:
                 raise SystemExit("--write-manifest with --head needs head.onnx and --clip-table (the Rust verifier's "
                                  "per-clip probabilities)")
-            from .verifier import clip_table_offset_ms, clip_table_view_shifts
+            from .verifier import clip_table_view_shifts
 
-            offset_ms = clip_table_offset_ms(a.clip_table)
+            # `offset_ms`: the table's, read above where the candidates were looked up.
             if offset_ms != int(offset_ms):
                 raise SystemExit(f"{a.clip_table}: --offset-ms {offset_ms:g} is not whole milliseconds "
                                  "(manifest `verifier.centre_offset_ms`)")
