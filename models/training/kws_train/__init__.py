@@ -6,6 +6,7 @@ Modules:
 - `data`: loading synthesized shards, voice/engine splits and waveform augmentation.
 - `model`: TC-ResNet8 / TC-ResNet14 (Choi et al. 2019).
 - `train`, `evaluate`, `export`: the recipe, the metrics, ONNX + int8 + manifest + golden vectors.
+- `distill`: the verifier head's probabilities of the training keyword clips, as soft targets for `train`.
 """
 
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]

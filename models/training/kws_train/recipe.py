@@ -67,6 +67,11 @@ class Recipe:
     specaug_freq_width: int = 8  # mel bins
     mixup_p: float = 0.0
     mixup_alpha: float = 0.2
+    # Distillation (distill.py): a keyword clip's target becomes (1 - weight) x its one-hot label +
+    # weight x the teacher's probabilities (flattened by `distill_temperature`). Default: off.
+    distill_file: str | None = None  # teacher probabilities per clip uid, relative to the data dir
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
 

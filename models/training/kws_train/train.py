@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from . import CLASSES, KEYWORDS, SILENCE, UNKNOWN
 from .data import (LABEL_INDEX, Clips, Tracks, espeak_accent, load_background, load_clips, load_mined,
                    load_negspeech, make_window, mined_crop, negative_crop)
+from .distill import load_teacher, soft_targets
 from .evaluate import evaluate_sets, eval_sets_for
 from .frontend import TorchFrontend
 from .model import TCResNet, count_flops, count_params
@@ -56,8 +57,9 @@ class BatchSampler:
     Without `negatives` (export's int8 calibration windows) the whole batch is class-balanced."""
 
     def __init__(self, train: Clips, bg, r: Recipe, rng: np.random.Generator, negatives: Tracks | None = None,
-                 mined: list[tuple[int, int]] | None = None):
+                 mined: list[tuple[int, int]] | None = None, teacher: dict[int, np.ndarray] | None = None):
         self.train, self.bg, self.r, self.rng = train, bg, r, rng
+        self.teacher = teacher or {}  # training-clip index -> soft target (distillation)
         self.negatives = negatives if negatives is not None and len(negatives) else None
         self.mined = mined if mined and self.negatives is not None else None
         labels = train.labels()
@@ -71,10 +73,16 @@ class BatchSampler:
         self.p = w / w.sum()
 
     def __call__(self) -> tuple[np.ndarray, np.ndarray]:
+        x, y, _ = self.sample()
+        return x, y
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A batch: windows, labels and training targets [batch, 12] (one-hot, or for a keyword clip
+        with a teacher entry the distillation mix of the two)."""
         n_neg = int(round(self.r.batch * self.r.negative_share)) if self.negatives is not None else 0
         n_mined = int(round(self.r.batch * self.r.mined_share)) if self.mined is not None else 0
         cls = self.rng.choice(len(self.classes), size=self.r.batch - n_neg - n_mined, p=self.p)
-        xs, ys = [], []
+        xs, ys, soft = [], [], {}
         for c in cls:
             name = self.classes[c]
             context, run_crop = None, False
@@ -85,6 +93,8 @@ class BatchSampler:
             else:
                 i = self.rng.choice(self.by_class[name])
                 clip = self.train.audio[i]
+                if int(i) in self.teacher:
+                    soft[len(xs)] = self.teacher[int(i)]
                 # Draw only when the option is on, so recipes without it keep their random stream.
                 if name == UNKNOWN and self.r.unknown_run_p > 0 and self.rng.random() < self.r.unknown_run_p:
                     n = int(self.rng.integers(2, 6))  # 3-6 words in all
@@ -102,7 +112,12 @@ class BatchSampler:
             track, start = self.mined[int(self.rng.integers(len(self.mined)))]
             xs.append(make_window(mined_crop(self.negatives, track, start), self.bg, self.r.augment, self.rng))
             ys.append(LABEL_INDEX[UNKNOWN])
-        return np.stack(xs), np.array(ys, dtype=np.int64)
+        y = np.array(ys, dtype=np.int64)
+        target = np.eye(len(CLASSES), dtype=np.float32)[y]
+        w = self.r.distill_weight
+        for k, t in soft.items():
+            target[k] = (1 - w) * target[k] + w * t
+        return np.stack(xs), y, target
 
 
     def neighbours(self, i: int, n_left: int, n_right: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -165,6 +180,31 @@ def split_negatives(data: Path, r: Recipe) -> Tracks | None:
         raise ValueError(f"negative_share = {r.negative_share} but no negative-speech tracks under "
                          f"{data / 'negspeech'} for {r.negative_engines or r.engines} (run kws_train.negspeech)")
     return tracks
+
+
+def teacher_targets(train: Clips, data: Path, r: Recipe) -> dict[int, np.ndarray]:
+    """Training-clip index -> the teacher's (tempered) probabilities, for the keyword clips of
+    `distill_file`; {} when distillation is off. A keyword clip the file does not cover is an error
+    (the file was made for another recipe or data set)."""
+    if r.distill_weight <= 0:
+        return {}
+    if not 0 < r.distill_weight <= 1:
+        raise ValueError(f"distill_weight must be in (0, 1], got {r.distill_weight}")
+    if not r.distill_file:
+        raise ValueError("distill_weight > 0 needs distill_file (python -m kws_train.distill)")
+    probs = load_teacher(data / r.distill_file)
+    out, missing = {}, []
+    for i, m in enumerate(train.meta):
+        if m["label"] not in KEYWORDS:
+            continue
+        if m["uid"] not in probs:
+            missing.append(m["uid"])
+            continue
+        out[i] = soft_targets(probs[m["uid"]], r.distill_temperature)
+    if missing:
+        raise ValueError(f"{data / r.distill_file} has no teacher probabilities for {len(missing)} keyword "
+                         f"clips (e.g. {missing[:3]}): rerun kws_train.distill for this recipe and data")
+    return out
 
 
 def example_weights(logits: torch.Tensor, y: torch.Tensor, r: Recipe, step: int) -> torch.Tensor | None:
@@ -231,7 +271,11 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
         if not mined:
             raise ValueError(f"{data / r.mined_file}: no mined window on a training track")
         say(f"mined negatives: {len(mined)} windows from {r.mined_file}, {r.mined_share:.0%} of each batch")
-    sampler = BatchSampler(train_clips, bg, r, rng, negatives, mined)
+    teacher = teacher_targets(train_clips, data, r)
+    if teacher:
+        say(f"distillation: teacher probabilities for {len(teacher)} keyword clips from {r.distill_file}, "
+            f"weight {r.distill_weight}, temperature {r.distill_temperature}")
+    sampler = BatchSampler(train_clips, bg, r, rng, negatives, mined, teacher)
     frontend = TorchFrontend()
     net = TCResNet(r.arch, num_classes=len(CLASSES), dropout=r.dropout, cmn=r.cmn)
     decay, no_decay = [], []
@@ -245,11 +289,10 @@ def train(r: Recipe, data: Path, out: Path, threads: int = 2) -> dict:
     for step in range(r.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, r)
-        x, y = sampler()
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        x, y, target = sampler.sample()
+        x, y, target = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(target)
         with torch.no_grad():
             feats = frontend.mfcc_from_logmel(spec_augment(frontend.logmel(x), r, gen))
-        target = F.one_hot(y, len(CLASSES)).float()
         if r.mixup_p > 0 and float(torch.rand(1, generator=gen)) < r.mixup_p:
             lam = float(np.random.default_rng(step).beta(r.mixup_alpha, r.mixup_alpha))
             perm = torch.randperm(len(y), generator=gen)
