@@ -1,10 +1,11 @@
 """Teacher probabilities for distilling the verifier into the first stage (research, issue 13).
 
-The verifier's head sits on speech_embedding, a representation learned from real speech; on voices
-neither stage heard it tells keywords apart better than TC-ResNet8 does (its mistakes are rarely
-go -> down or on -> off). Distillation gives the first stage the head's full distribution over the
-classes as part of its training target for every keyword clip, in the hope that the head's notion
-of which keywords sound alike carries over.
+The verifier's head sits on speech_embedding, a representation learned from real speech; the issue
+found such a head better than TC-ResNet8 at telling keywords apart on the owner's unheard voices.
+Distillation gives the first stage the head's full distribution over the classes as part of its
+training target for every keyword clip, in the hope that the head's notion of which keywords sound
+alike carries over. Measured in models/RESEARCH.md round 12 and not used: on the held-out awb voice
+the head is the weaker stage, and two seeds lost 3-6 points at <= 1 and <= 2 FA/h.
 
     python -m kws_train.distill --config configs/tc-resnet8.toml --data data \
         --head ../tc-resnet8/verifier/head.onnx --out data/teacher/tc8-head.npz
@@ -25,43 +26,21 @@ from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES, KEYWORDS, SAMPLE_RATE
+from . import CLASSES, KEYWORDS
 
 VIEWS = 3  # centre view and one 80-ms shift either side
 
 
-def teacher_probs(audio: list[np.ndarray], head: Path, features: Path | None, batch: int = 32,
-                  threads: int = 1) -> np.ndarray:
-    """The head's probabilities [clips, 12] of 1-s clips, each centred in the head's 2.3-s window,
-    averaged over the three centre views."""
-    from .verifier import (EMB_FRAMES, EMB_STEP, LONG, LONG_EMB, WINDOW_EMB, Embedder, find_feature_models,
-                           head_file_probs)
-    from .verifier_golden import shifted_views
+def teacher_probs(audio: list[np.ndarray], head: Path, features: Path | None, threads: int = 1) -> np.ndarray:
+    """The head's probabilities [clips, 12] of 1-s clips, each centred in the head's 2.3-s window
+    (`verifier.centred_views`), averaged over the three centre views."""
+    from .verifier import EMB_DIM, WINDOW_EMB, Embedder, centred_views, find_feature_models, head_file_probs
 
     models = find_feature_models(features)
     if models is None:
         raise FileNotFoundError("speech_embedding feature models not found (models/speech-embedding)")
-    emb = Embedder(models, threads)
-    shifts = VIEWS // 2
-    first = (LONG_EMB - WINDOW_EMB) // 2 - shifts
-    n_emb = WINDOW_EMB + 2 * shifts
-    # Mel frames of exactly the embeddings the views use: embedding j covers frames [8j, 8j + 76).
-    f0, f1 = first * EMB_STEP, (first + n_emb - 1) * EMB_STEP + EMB_FRAMES
-    views = []
-    for i in range(0, len(audio), batch):
-        pad = np.zeros((len(audio[i:i + batch]), LONG), np.float32)
-        for k, x in enumerate(audio[i:i + batch]):
-            x = x[:SAMPLE_RATE]
-            o = (LONG - len(x)) // 2
-            pad[k, o:o + len(x)] = x
-        for spec in emb.mel(pad):
-            e = emb.embed_mel(spec[f0:f1])
-            if len(e) != n_emb:
-                raise AssertionError(f"{len(e)} embeddings for {n_emb} views' worth of frames")
-            views.append(shifted_views(e, shifts))
-    if not views:
-        return np.zeros((0, len(CLASSES)), np.float32)
-    p = head_file_probs(head, np.concatenate(views)).reshape(len(views), VIEWS, len(CLASSES))
+    views = centred_views(Embedder(models, threads), audio, VIEWS // 2)
+    p = head_file_probs(head, views.reshape(-1, WINDOW_EMB, EMB_DIM)).reshape(len(views), VIEWS, len(CLASSES))
     return p.mean(axis=1).astype(np.float32)
 
 

@@ -186,7 +186,7 @@ def teacher_targets(train: Clips, data: Path, r: Recipe) -> dict[int, np.ndarray
     """Training-clip index -> the teacher's (tempered) probabilities, for the keyword clips of
     `distill_file`; {} when distillation is off. A keyword clip the file does not cover is an error
     (the file was made for another recipe or data set)."""
-    if r.distill_weight <= 0:
+    if r.distill_weight == 0:
         return {}
     if not 0 < r.distill_weight <= 1:
         raise ValueError(f"distill_weight must be in (0, 1], got {r.distill_weight}")

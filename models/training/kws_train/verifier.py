@@ -889,12 +889,34 @@ def print_cascade(out: dict) -> None:
 # Held-out clips and cost.
 
 
+def centred_views(emb: Embedder, clips, shifts: int, batch: int = 32) -> np.ndarray:
+    """Head inputs of isolated clips (each at most 1 s), as the head was trained: every clip centred in a
+    2.3-s window of silence, mel over the whole window, and the `2 * shifts + 1` views of 9 embeddings
+    around its centre, 80 ms apart (`shifted_views`). Returns [clips, views, 9, 96]."""
+    from .verifier_golden import shifted_views
+
+    first = (LONG_EMB - WINDOW_EMB) // 2 - shifts
+    views = []
+    for i in range(0, len(clips), batch):
+        part = clips[i:i + batch]
+        pad = np.zeros((len(part), LONG), np.float32)
+        for k, x in enumerate(part):
+            x = np.asarray(x, np.float32)[:SAMPLE_RATE]
+            o = (LONG - len(x)) // 2
+            pad[k, o:o + len(x)] = x
+        for spec in emb.mel(pad):
+            views.append(shifted_views(emb.embed_mel(spec)[first:first + WINDOW_EMB + 2 * shifts], shifts))
+    if not views:
+        return np.zeros((0, 2 * shifts + 1, WINDOW_EMB, EMB_DIM), np.float32)
+    return np.stack(views)
+
+
 def cmd_clips(a) -> None:
     import onnxruntime as ort
 
     from .data import load_background, load_clips
     from .evaluate import eval_sets_for
-    from .verifier_golden import combine_views, shifted_views
+    from .verifier_golden import combine_views
     from .frontend import mfcc
     from .recipe import load_recipe
 
@@ -917,15 +939,8 @@ def cmd_clips(a) -> None:
             continue
         feats = np.stack([mfcc(w) for w in x]).astype(np.float32)
         p1 = np.concatenate([sess.run(["probs"], {"features": feats[i:i + 256]})[0] for i in range(0, len(feats), 256)])
-        pad = np.zeros((len(x), LONG), np.float32)
-        o = (LONG - SAMPLE_RATE) // 2
-        pad[:, o:o + SAMPLE_RATE] = x
-        views, sh = [], a.view_shifts
-        first = (LONG_EMB - WINDOW_EMB) // 2 - sh
-        for i in range(0, len(pad), 32):
-            for spec in emb.mel(pad[i:i + 32]):
-                views.append(shifted_views(emb.embed_mel(spec)[first:first + WINDOW_EMB + 2 * sh], sh))
-        p2 = combine_views(head_file_probs(a.head, np.concatenate(views)).reshape(len(views), 2 * sh + 1, -1))
+        views = centred_views(emb, x, a.view_shifts)
+        p2 = combine_views(head_file_probs(a.head, views.reshape(-1, WINDOW_EMB, EMB_DIM)).reshape(views.shape[:2] + (-1,)))
         kw = np.isin(y, KW_IDS)
         a1, a2 = p1.argmax(1), p2.argmax(1)
         res[name] = {"n_keyword": int(kw.sum()), "n": int(len(y)),
