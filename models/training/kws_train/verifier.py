@@ -892,7 +892,11 @@ def print_cascade(out: dict) -> None:
 def centred_views(emb: Embedder, clips, shifts: int, batch: int = 32) -> np.ndarray:
     """Head inputs of isolated clips (each at most 1 s), as the head was trained: every clip centred in a
     2.3-s window of silence, mel over the whole window, and the `2 * shifts + 1` views of 9 embeddings
-    around its centre, 80 ms apart (`shifted_views`). Returns [clips, views, 9, 96]."""
+    around its centre, 80 ms apart (`shifted_views`). Returns [clips, views, 9, 96].
+
+    The mel runs on `batch` windows at once, so each window is floored by its batch's loudest one
+    (see `cmd_windows`): close to, not equal to, the per-clip mel of `clip-table` and the Rust
+    verifier. Kept as `verifier clips` has always measured (models/RESEARCH.md rounds 8-12)."""
     from .verifier_golden import shifted_views
 
     first = (LONG_EMB - WINDOW_EMB) // 2 - shifts
